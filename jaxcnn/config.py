@@ -1,0 +1,235 @@
+"""Config-file arguments (`file.py:variant,key=value,flag`) and config validation.
+
+A config file defines `get_config(arg=None)` and hands `arg` (the text after `:`) to
+`build_config`, which applies, in order: the base config, the named variant, flags,
+then `key=value` overrides. Every key and variant is checked; a bad one raises
+`ConfigError` with a one-line message listing what is valid.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config, variant, key or value the user gave is not valid."""
+
+
+def split_arg(arg: str) -> list[str]:
+    """Splits `a,b=[1,2],c` on the commas that are not inside brackets or quotes."""
+    parts, depth, quote, current = [], 0, None, []
+    for ch in arg:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_value(text: str) -> Any:
+    """Parses a Python literal (`3`, `1e-3`, `[0,55]`, `True`, `None`); anything else is a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of a config, sorted."""
+    keys = []
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(leaf_keys(value, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return sorted(keys)
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
+    """Sets dotted `key` to `value`, refusing unknown keys and values of the wrong type."""
+    valid = leaf_keys(config)
+    if key not in valid:
+        raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    old = node[leaf]
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(old, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}={value!r} must be True or False")
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if old is not None and not isinstance(value, type(old)) and value is not None:
+        raise ConfigError(
+            f"{where}: {key}={value!r} has type {type(value).__name__}, expected {type(old).__name__}")
+    node[leaf] = value
+
+
+def build_config(
+    arg: str | None,
+    base: Callable[[], ml_collections.ConfigDict],
+    variants: Mapping[str, Mapping[str, Any]],
+    default_variant: str,
+    aliases: Mapping[str, str] | None = None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+    source: str = "config",
+) -> ml_collections.ConfigDict:
+    """Builds a config from a config-file argument.
+
+    Args:
+      arg: text after `:` in `--config file.py:ARG`, e.g. `3,data=mnist,smoke`; None for defaults.
+      base: returns the base ConfigDict (all keys the config may have).
+      variants: variant name -> dotted-key overrides.
+      default_variant: the variant used when `arg` names none.
+      aliases: short key -> dotted key (e.g. `epochs` -> `train.epochs`).
+      flags: bare words that apply a set of overrides (e.g. `smoke`).
+      source: name of the config file, used in error messages.
+
+    Returns:
+      The config, with `config.variant` set to the chosen variant name.
+    """
+    aliases = dict(aliases or {})
+    flags = dict(flags or {})
+    config = base()
+    parts = split_arg(arg or "")
+    variant = default_variant
+    if parts and "=" not in parts[0] and parts[0] not in flags:
+        variant = parts.pop(0)
+    if variant not in variants:
+        raise ConfigError(
+            f"{source}: unknown variant {variant!r}; valid variants: {', '.join(variants)}")
+    config.variant = variant
+    for key, value in variants[variant].items():
+        set_key(config, key, value, f"{source}:{variant}")
+    overrides = []
+    for part in parts:
+        if "=" in part:
+            key, text = part.split("=", 1)
+            key = aliases.get(key.strip(), key.strip())
+            if key not in leaf_keys(config):
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}; valid keys: "
+                    f"{', '.join(sorted(aliases) + leaf_keys(config))}")
+            overrides.append((key, parse_value(text.strip())))
+        elif part in flags:
+            for key, value in flags[part].items():
+                set_key(config, key, value, f"{source}:{part}")
+        else:
+            raise ConfigError(
+                f"{source}: {part!r} is neither key=value nor a flag; valid flags: "
+                f"{', '.join(flags) or 'none'} (the variant, if any, comes first)")
+    for key, value in overrides:
+        set_key(config, key, value, source)
+    return config
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a classification run reads, with defaults; study configs change some of them."""
+    config = ml_collections.ConfigDict()
+    config.variant = ""
+    config.seed = 0
+    config.data = ml_collections.ConfigDict(dict(
+        # `embedded` (5,000 real MNIST digits, offline), `tfds:NAME` or `NAME` (TFDS), `folder:PATH`.
+        source="embedded",
+        dir="",  # TFDS data dir; "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+        train_split="train",
+        test_split="test",
+        classes=(),  # class subset, relabelled 0..k-1 in this order; () = all classes
+        image_size=(28, 28),  # (height, width) every image is converted to
+        channels=1,  # 1 (gray) or 3 (RGB)
+        mean=(0.0,),  # per-channel normalisation of [0, 1] pixels
+        std=(1.0,),
+        max_train=0,  # keep at most this many training images (0 = all)
+        max_test=0,
+        crop_padding=0,  # train augmentation: random crop after zero-padding by this many pixels
+    ))
+    config.model = ml_collections.ConfigDict(dict(
+        name="lenet5", activation="relu", pooling="avg", extra_conv_layers=0))
+    config.optim = ml_collections.ConfigDict(dict(
+        name="adam",  # adam | adamw | sgd
+        learning_rate=1e-3,
+        momentum=0.0,  # sgd only
+        nesterov=False,
+        weight_decay=0.0,  # sgd: L2 added to the gradient; adamw: decoupled
+        schedule="constant",  # constant | step | cosine
+        warmup_epochs=0,
+        decay_epochs=10,  # step schedule: multiply by decay_factor every decay_epochs
+        decay_factor=0.1,
+    ))
+    config.train = ml_collections.ConfigDict(dict(
+        epochs=20,
+        batch_size=100,
+        eval_batch_size=1000,
+        loop="auto",  # python | scan | auto (measured choice per backend)
+        log_every=20,  # steps between progress-bar updates
+    ))
+    config.checkpoint = ml_collections.ConfigDict(dict(keep=3))
+    config.report = ml_collections.ConfigDict(dict(grid_size=36))
+    return config
+
+
+COMMON_ALIASES = {
+    "data": "data.source",
+    "classes": "data.classes",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.learning_rate",
+}
+
+SMOKE_FLAG = {"smoke": {"train.epochs": 2, "data.max_train": 1000, "data.max_test": 500}}
+
+
+def _check_choice(value: Any, key: str, valid: tuple) -> None:
+    if value not in valid:
+        raise ConfigError(f"config {key}={value!r} is not valid; valid values: {', '.join(map(str, valid))}")
+
+
+def _check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
+    if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config {key}={value!r} must be a number {bound}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the values a run reads (after every override); raises ConfigError on the first bad one."""
+    _check_choice(config.data.channels, "data.channels", (1, 3))
+    for key in ("mean", "std"):
+        if len(config.data[key]) not in (1, config.data.channels):
+            raise ConfigError(
+                f"config data.{key}={tuple(config.data[key])} needs 1 or {config.data.channels} values "
+                f"(data.channels={config.data.channels})")
+    if min(config.data.std) <= 0:
+        raise ConfigError(f"config data.std={tuple(config.data.std)} must be > 0")
+    if len(config.data.image_size) != 2 or min(config.data.image_size) < 1:
+        raise ConfigError(f"config data.image_size={config.data.image_size!r} must be (height, width) > 0")
+    if len(set(config.data.classes)) != len(config.data.classes):
+        raise ConfigError(f"config data.classes={tuple(config.data.classes)} lists a class twice")
+    for key in ("max_train", "max_test", "crop_padding"):
+        _check_positive(config.data[key], f"data.{key}", allow_zero=True)
+    _check_choice(config.optim.name, "optim.name", ("adam", "adamw", "sgd"))
+    _check_choice(config.optim.schedule, "optim.schedule", ("constant", "step", "cosine"))
+    _check_positive(config.optim.learning_rate, "optim.learning_rate")
+    _check_positive(config.optim.momentum, "optim.momentum", allow_zero=True)
+    _check_positive(config.optim.weight_decay, "optim.weight_decay", allow_zero=True)
+    _check_positive(config.optim.warmup_epochs, "optim.warmup_epochs", allow_zero=True)
+    _check_positive(config.optim.decay_epochs, "optim.decay_epochs")
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        _check_positive(config.train[key], f"train.{key}")
+    _check_choice(config.train.loop, "train.loop", ("auto", "python", "scan"))
+    _check_positive(config.checkpoint.keep, "checkpoint.keep")

@@ -1,0 +1,73 @@
+"""PNG figures of a run: learning curves, confusion matrix, prediction grid."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: Sequence[dict], path: pathlib.Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs test."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "test"):
+        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker=".", label=split)
+        ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker=".", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: pathlib.Path, title: str = "") -> None:
+    """Counts with row-normalised colours; rows true, columns predicted."""
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), class_names, rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                    class_names: Sequence[str], path: pathlib.Path, title: str = "") -> None:
+    """Test images with predicted (and, where wrong, true) class: green correct, red wrong."""
+    n = len(images)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, pred in zip(axes.flat, images, labels, predictions):
+        gray = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=255)
+        ok = label == pred
+        text = class_names[pred] if ok else f"{class_names[pred]} (true {class_names[label]})"
+        ax.set_title(text, fontsize=8, color="green" if ok else "red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""What a run leaves in its workdir besides checkpoints: metrics files, figures, summary.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxcnn.report import plots
+from jaxcnn.train.metrics import confusion_matrix, per_class_report
+
+METRICS_JSONL = "metrics.jsonl"
+COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
+           "epoch_time_s", "eval_time_s")
+
+
+def read_history(workdir: pathlib.Path) -> list[dict[str, Any]]:
+    path = workdir / METRICS_JSONL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> None:
+    """metrics.jsonl (one JSON object per epoch) and metrics.csv with the same numbers."""
+    (workdir / METRICS_JSONL).write_text("".join(json.dumps(h) + "\n" for h in history))
+    with open(workdir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s: float) -> dict[str, Any]:
+    """Best and final accuracy, overfitting, timing, from the per-epoch history."""
+    final = history[-1]
+    best = max(history, key=lambda h: h["test_accuracy"])
+    min_loss = min(h["test_loss"] for h in history)
+    return {
+        "epochs": final["epoch"],
+        "final_test_accuracy": final["test_accuracy"],
+        "final_train_accuracy": final["train_accuracy"],
+        "best_test_accuracy": best["test_accuracy"],
+        "best_epoch": best["epoch"],
+        "overfitting_gap": final["train_accuracy"] - final["test_accuracy"],
+        "test_loss_rise": final["test_loss"] - min_loss,
+        "mean_epoch_time_s": float(np.mean([h["epoch_time_s"] for h in history])),
+        "total_train_time_s": float(np.sum([h["epoch_time_s"] for h in history])),
+        "compile_time_s": compile_time_s,
+        "num_params": num_params,
+    }
+
+
+def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str, Any]], summary: dict[str, Any],
+                  class_names: Sequence[str], test_images: np.ndarray, test_labels: np.ndarray,
+                  predictions: np.ndarray, grid_size: int) -> None:
+    """Figures, per-class report and summary.md for the final model's test predictions."""
+    matrix = confusion_matrix(test_labels, predictions, len(class_names))
+    report = per_class_report(matrix)
+    plots.learning_curves(history, workdir / "learning_curves.png", title)
+    plots.confusion_matrix(matrix, class_names, workdir / "confusion_matrix.png", f"{title}: test, final model")
+    n = min(grid_size, len(test_labels))
+    plots.prediction_grid(test_images[:n], test_labels[:n], predictions[:n], class_names,
+                          workdir / "predictions.png", f"{title}: first {n} test images")
+    with open(workdir / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for i, name in enumerate(class_names):
+            writer.writerow([name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")),
+                             int(report["support"][i])])
+    np.savetxt(workdir / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",")
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (workdir / "summary.md").write_text(_summary_markdown(title, summary, class_names, report))
+
+
+def _summary_markdown(title: str, s: dict[str, Any], class_names: Sequence[str], report: dict) -> str:
+    lines = [
+        f"# {title}", "",
+        "| metric | value |", "|---|---|",
+        f"| final test accuracy (epoch {s['epochs']}) | {s['final_test_accuracy']:.4f} |",
+        f"| best test accuracy (epoch {s['best_epoch']}) | {s['best_test_accuracy']:.4f} |",
+        f"| final train accuracy (running mean over the last epoch) | {s['final_train_accuracy']:.4f} |",
+        f"| overfitting gap (train − test accuracy, final) | {s['overfitting_gap']:+.4f} |",
+        f"| test loss rise above its minimum | {s['test_loss_rise']:.4f} |",
+        f"| time per epoch (training, mean) | {s['mean_epoch_time_s']:.2f} s |",
+        f"| total training time | {s['total_train_time_s']:.1f} s |",
+        f"| compile time | {s['compile_time_s']:.1f} s |",
+        f"| parameters | {s['num_params']:,} |",
+        "", "## Per class (test, final model)", "",
+        "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]
+    for i, name in enumerate(class_names):
+        lines.append(f"| {name} | {report['precision'][i]:.4f} | {report['recall'][i]:.4f} | "
+                     f"{report['f1'][i]:.4f} | {int(report['support'][i])} |")
+    lines += ["", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
+              "", "![predictions](predictions.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Jitted training and evaluation on device-resident data.
+
+The hot loop uses `nnx.split` once and plain `jax.jit` on (graphdef, state): `nnx.jit` walks the
+object graph in Python on every call, which costs more than a whole LeNet step. One step body
+serves both epoch strategies: a Python loop of jitted steps, or the whole epoch in `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxcnn.data.device import Preprocess
+
+Carry = tuple[Any, jax.Array, jax.Array]  # (state of (model, optimizer), [loss_sum, correct, count], step)
+EpochData = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # images, labels, permutation, epoch key
+
+
+def init_metrics() -> jax.Array:
+    return jnp.zeros(3, jnp.float32)
+
+
+def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess) -> Callable[[Carry, EpochData], Carry]:
+    """One optimisation step: gather batch `step` of the permutation, preprocess, update."""
+
+    def step(carry: Carry, data: EpochData) -> Carry:
+        state, metrics, i = carry
+        images, labels, perm, key = data
+        idx = perm[i]
+        x = preprocess(images[idx], jax.random.fold_in(key, i))
+        y = labels[idx]
+        model, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        metrics = metrics + jnp.stack([loss * y.shape[0], correct, y.shape[0]]).astype(jnp.float32)
+        return nnx.state((model, optimizer)), metrics, i + 1
+
+    return step
+
+
+def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess):
+    """Returns (`step_fn`, `epoch_fn`): a jitted single step (for the Python loop) and a jitted
+    whole epoch (`lax.scan` over the permutation's rows). Both donate the carry."""
+    step = make_step(graphdef, preprocess)
+
+    def epoch(carry: Carry, data: EpochData) -> Carry:
+        carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[0])
+        return carry
+
+    return jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0)
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int):
+    """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions)`
+    over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out."""
+
+    def evaluate(state, images, labels, mask):
+        model = nnx.merge(graphdef, state)
+
+        def batch(args):
+            x, y, m = args
+            logits = model(preprocess(x))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            pred = jnp.argmax(logits, -1)
+            return jnp.sum(loss * m), jnp.sum((pred == y) * m), pred
+
+        shape = lambda a: a.reshape(-1, batch_size, *a.shape[1:])
+        losses, correct, preds = jax.lax.map(batch, (shape(images), shape(labels), shape(mask)))
+        return losses.sum(), correct.sum(), preds.reshape(-1)
+
+    return jax.jit(evaluate)
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, preprocess: Preprocess):
+    """Returns jitted `predict(model_state, uint8 images) -> class probabilities`."""
+
+    def predict(state, images):
+        return jax.nn.softmax(nnx.merge(graphdef, state)(preprocess(images)), axis=-1)
+
+    return jax.jit(predict)
