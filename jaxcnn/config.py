@@ -9,6 +9,7 @@ then `key=value` overrides. Every key and variant is checked; a bad one raises
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -201,7 +202,8 @@ def _check_choice(value: Any, key: str, valid: tuple) -> None:
 
 
 def _check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
-    if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+    if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (value == 0 and not allow_zero)):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"config {key}={value!r} must be a number {bound}")
 

@@ -6,7 +6,7 @@ Rerunning on the same workdir resumes from its latest checkpoint. Override any k
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxcnn.config import ConfigError
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
         summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ConfigError, ImageError, TrainingDivergedError) as e:

@@ -116,6 +116,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise ConfigError(f"{workdir} already holds {start} epochs, more than train.epochs={epochs}; "
                           f"use train.epochs>={start} or a new --workdir")
     if start:
+        if len(history) < start:
+            checkpoints.close()
+            raise ConfigError(f"{workdir}/metrics.jsonl holds {len(history)} epochs but the latest checkpoint is "
+                              f"epoch {start}; restore the file or use a new --workdir")
         checkpoints.restore(start, model, optimizer)
         history = history[:start]
         compile_time = checkpoints.meta(start)["compile_time_s"]
@@ -189,12 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                       "test_accuracy": test_acc, "learning_rate": float(schedule(epoch * steps - 1)),
                       "epoch_time_s": epoch_time, "eval_time_s": time.perf_counter() - t0}
             history.append(record)
+            write_history(workdir, history)  # before the checkpoint: a resume truncates, never lacks, history
             best = max(history, key=lambda h: h["test_accuracy"])
             checkpoints.save(epoch, model, optimizer, {
                 **record, "best_epoch": best["epoch"], "compile_time_s": compile_time,
                 "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
                 "input_shape": list(dataset.image_shape), "config": json.loads(config.to_json())})
-            write_history(workdir, history)
             for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate"):
                 writer.add_scalar(name, record[name], epoch)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_accuracy']:.4f}",

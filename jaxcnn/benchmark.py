@@ -1,0 +1,300 @@
+"""Training speed of a config on the current backend: jaxcnn's two epoch strategies beside the
+study's PyTorch loop, on the same data and device.
+
+The JAX side sets up model, optimizer, preprocessing and permutations exactly as
+`jaxcnn.train.loop` does and times `make_epoch_fns`' two strategies: `python` (a Python loop of
+the jitted step) and `scan` (the whole epoch in `lax.scan`). Compilation is timed on its own;
+the figures are medians over the epochs after it. The PyTorch reference is the study's loop: the model
+on the device, the data in host memory, each batch sliced, scaled to [0, 1] and copied every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxcnn.config import ConfigError, validate
+from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.data.device import epoch_permutation, make_preprocess
+from jaxcnn.models import build_model
+from jaxcnn.train.loop import model_input_shape, resolve_loop
+from jaxcnn.train.optim import make_optimizer
+from jaxcnn.train.steps import init_metrics, make_epoch_fns
+
+LOOPS = ("python", "scan")
+TORCH_METHOD = "pytorch eager"
+TORCH_MISSING = "torch is not installed (pip install -e '.[bench]')"
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Timings of one training method: every timed epoch, and its compile time (None: eager)."""
+
+    method: str
+    images_per_epoch: int
+    epoch_times_s: tuple[float, ...]
+    train_losses: tuple[float, ...]  # mean training loss of each epoch
+    compile_time_s: float | None
+
+    @property
+    def epoch_time_s(self) -> float:
+        """Median epoch time."""
+        return statistics.median(self.epoch_times_s)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_per_epoch / self.epoch_time_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """All results of one benchmark run, with what they ran on."""
+
+    setup: str
+    machine: str
+    backend: str
+    device_kind: str
+    results: tuple[Result, ...]
+    torch_skipped: str | None  # why the PyTorch reference did not run; None if it ran
+
+    @property
+    def torch(self) -> Result | None:
+        return next((r for r in self.results if r.method == TORCH_METHOD), None)
+
+    @property
+    def faster_loop(self) -> str | None:
+        """The faster of the measured JAX epoch strategies (None unless both were measured)."""
+        jax_results = [r for r in self.results if r.method in LOOPS]
+        return max(jax_results, key=lambda r: r.images_per_s).method if len(jax_results) > 1 else None
+
+    def to_json(self) -> dict[str, Any]:
+        torch_ips = self.torch.images_per_s if self.torch else None
+        results = [{**dataclasses.asdict(r), "epoch_time_s": r.epoch_time_s, "images_per_s": r.images_per_s,
+                    "vs_torch": r.images_per_s / torch_ips if torch_ips else None} for r in self.results]
+        return {"setup": self.setup, "machine": self.machine, "backend": self.backend,
+                "device_kind": self.device_kind, "results": results, "faster_loop": self.faster_loop,
+                "auto_loop": resolve_loop("auto"), "torch_skipped": self.torch_skipped}
+
+
+def machine_name() -> str:
+    """OS, architecture, CPU model and core count, e.g. `Linux x86_64, AMD EPYC, 2 CPUs`."""
+    cpu = platform.processor()
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return f"{platform.system()} {platform.machine()}, {cpu or 'unknown CPU'}, {os.cpu_count()} CPUs"
+
+
+def training_set(config: ml_collections.ConfigDict, repeat: int = 1) -> Dataset:
+    """The config's dataset with its training split tiled `repeat` times (for longer epochs)."""
+    if repeat < 1:
+        raise ValueError(f"repeat={repeat} must be >= 1")
+    dataset = load_dataset(config.data)
+    return dataclasses.replace(
+        dataset, name=dataset.name + (f" ×{repeat}" if repeat > 1 else ""),
+        train_images=np.tile(dataset.train_images, (repeat, 1, 1, 1)),
+        train_labels=np.tile(dataset.train_labels.astype(np.int32), repeat))
+
+
+def benchmark_jax(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
+                  loop: str, epochs: int, num_classes: int = 10) -> Result:
+    """Trains a fresh model for `epochs` timed epochs with epoch strategy `loop` (`python`/`scan`).
+
+    Set up as in `jaxcnn.train.loop.train_and_evaluate`; compile time is `lower().compile()` of
+    the step (python) or the epoch (scan); each epoch is timed up to `jax.block_until_ready`.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"loop={loop!r} is not valid; valid values: {', '.join(LOOPS)}")
+    batch_size = config.train.batch_size
+    n_train = len(labels)
+    steps = n_train // batch_size
+    if steps < 1:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the {n_train} training images")
+    model = build_model(config.model, num_classes, model_input_shape(config), config.seed)
+    tx, _ = make_optimizer(config.optim, steps, epochs)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    preprocess = make_preprocess(config.data)
+    train_x, train_y = jax.device_put(images), jax.device_put(labels)
+    model.train()
+    graphdef, state = nnx.split((model, optimizer))
+    step_fn, epoch_fn = make_epoch_fns(graphdef, preprocess)
+    key = jax.random.key(config.seed)
+    shuffle_key, augment_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+
+    def epoch_data(epoch: int):
+        return (train_x, train_y, epoch_permutation(shuffle_key, epoch, n_train, batch_size),
+                jax.random.fold_in(augment_key, epoch))
+
+    train_fn = epoch_fn if loop == "scan" else step_fn
+    t0 = time.perf_counter()
+    train_fn = train_fn.lower((state, init_metrics(), jnp.int32(0)), epoch_data(1)).compile()
+    compile_time = time.perf_counter() - t0
+
+    times, losses = [], []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        carry = (state, init_metrics(), jnp.int32(0))
+        data = epoch_data(epoch)
+        if loop == "scan":
+            carry = train_fn(carry, data)
+        else:
+            for _ in range(steps):
+                carry = train_fn(carry, data)
+        state, metrics, _ = jax.block_until_ready(carry)
+        times.append(time.perf_counter() - t0)
+        loss_sum, _, count = np.asarray(metrics)
+        losses.append(float(loss_sum / count))
+    return Result(loop, steps * batch_size, tuple(times), tuple(losses), compile_time)
+
+
+def torch_device() -> str:
+    """The device JAX computes on, as torch names it: `cuda` on a GPU backend (if torch sees one), else `cpu`."""
+    import torch
+
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_lenet(model_cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int]):
+    """The study's LeNet-5 in PyTorch, layer for layer as `jaxcnn.models.lenet.LeNet5` (NCHW)."""
+    from torch import nn
+
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
+    pools = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+    if model_cfg.activation not in acts or model_cfg.pooling not in pools:
+        raise ConfigError(f"the PyTorch LeNet-5 has activations {', '.join(acts)} and poolings {', '.join(pools)}; "
+                          f"got {model_cfg.activation!r}, {model_cfg.pooling!r}")
+    act, pool = acts[model_cfg.activation], pools[model_cfg.pooling]
+    height, width, channels = input_shape
+    out_h, out_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
+    extra = [layer for _ in range(model_cfg.extra_conv_layers) for layer in (nn.Conv2d(16, 16, 3, padding=1), act())]
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=2), act(), pool(2),
+        nn.Conv2d(6, 16, 5), act(), *extra, pool(2), nn.Flatten(),
+        nn.Linear(16 * out_h * out_w, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, num_classes))
+
+
+def _torch_optimizer(cfg: ml_collections.ConfigDict, params):
+    """The config's optimizer at its base learning rate (schedules do not change the speed)."""
+    import torch
+
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    optim = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return optim(params, cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
+                    epochs: int, num_classes: int = 10) -> Result:
+    """The study's PyTorch loop for `epochs` timed epochs, on `torch_device()` with all CPU threads.
+
+    The data stay in host memory (uint8); every step slices its batch there, scales it to [0, 1]
+    and copies it to the device, then runs forward, backward and the optimizer step.
+    """
+    import torch
+
+    if images.shape[1:] != model_input_shape(config):
+        raise ConfigError(f"the PyTorch reference trains on the stored images ({images.shape[1:]}); "
+                          f"the config asks for {model_input_shape(config)}")
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(config.seed)
+    device = torch_device()
+    batch_size = config.train.batch_size
+    steps = len(labels) // batch_size
+    if steps < 1:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(labels)} training images")
+    host_x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    host_y = torch.from_numpy(labels).long()
+    model = torch_lenet(config.model, num_classes, model_input_shape(config)).to(device)
+    optimizer = _torch_optimizer(config.optim, model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(config.seed)
+
+    times, losses = [], []
+    model.train()
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(labels), generator=generator)[: steps * batch_size].view(steps, batch_size)
+        loss_sum = torch.zeros((), device=device)
+        for idx in perm:
+            x = host_x[idx].float().div_(255.0).to(device)
+            y = host_y[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        losses.append(loss_sum.item() / steps)  # .item() waits for the device
+        times.append(time.perf_counter() - t0)
+    return Result(TORCH_METHOD, steps * batch_size, tuple(times), tuple(losses), None)
+
+
+def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: int = 1,
+                  loops: Sequence[str] = LOOPS, with_torch: bool = True) -> Report:
+    """Benchmarks the JAX epoch strategies `loops` and (if wanted and installed) the PyTorch loop.
+
+    Args:
+      config: a full training config (e.g. `configs/lenet.py:3`); its model, optimizer, batch size
+        and training data are used.
+      epochs: timed epochs per method (the reports give their median).
+      repeat: tile the training set this many times for longer epochs.
+      loops: JAX epoch strategies to measure, from `LOOPS`.
+      with_torch: run the PyTorch reference.
+    """
+    validate(config)
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be >= 1")
+    dataset = training_set(config, repeat)
+    images, labels, num_classes = dataset.train_images, dataset.train_labels, dataset.num_classes
+    results = [benchmark_jax(config, images, labels, loop, epochs, num_classes) for loop in loops]
+    torch_skipped = None if with_torch else "not requested"
+    if with_torch and importlib.util.find_spec("torch") is None:
+        torch_skipped = TORCH_MISSING
+    if torch_skipped is None:
+        results.append(benchmark_torch(config, images, labels, epochs, num_classes))
+    setup = (f"{config.model.name} variant {config.variant} ({config.optim.name}, {config.model.activation}, "
+             f"lr {config.optim.learning_rate}, batch {config.train.batch_size}) on {dataset.name}: "
+             f"{results[0].images_per_epoch:,} images/epoch, median of {epochs} epochs")
+    versions = f"jax {jax.__version__}"
+    if torch_skipped is None:
+        import torch
+
+        versions += f", torch {torch.__version__} on {torch_device()} ({torch.get_num_threads()} threads)"
+    return Report(setup, f"{machine_name()}; {versions}", jax.default_backend(), jax.devices()[0].device_kind,
+                  tuple(results), torch_skipped)
+
+
+def format_table(report: Report) -> str:
+    """The report as a text table with a header and a closing line on the faster epoch strategy."""
+    torch_result = report.torch
+    lines = [report.setup, f"machine: {report.machine}",
+             f"backend: {report.backend} ({report.device_kind})", "",
+             f"{'method':<16}{'images/s':>10}{'epoch (s)':>11}{'compile (s)':>13}{'vs PyTorch':>12}"]
+    for r in report.results:
+        name = r.method if r == torch_result else f"jax {r.method}"
+        compile_s = f"{r.compile_time_s:.2f}" if r.compile_time_s is not None else "-"
+        ratio = f"{r.images_per_s / torch_result.images_per_s:.2f}x" if torch_result else "-"
+        lines.append(f"{name:<16}{r.images_per_s:>10,.0f}{r.epoch_time_s:>11.3f}{compile_s:>13}{ratio:>12}")
+    if report.torch_skipped:
+        lines.append(f"PyTorch reference skipped: {report.torch_skipped}")
+    if report.faster_loop:
+        speed = {r.method: r.images_per_s for r in report.results if r.method in LOOPS}
+        slower = min(speed, key=speed.get)
+        lines += ["", f"faster epoch strategy on {report.backend}: {report.faster_loop}, "
+                      f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower} "
+                      f"(train.loop=auto picks {resolve_loop('auto')})"]
+    return "\n".join(lines)

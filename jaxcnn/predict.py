@@ -1,0 +1,70 @@
+"""Prediction from a run's checkpoint: image files in, top-k classes with probabilities out."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxcnn.config import ConfigError
+from jaxcnn.data.device import make_preprocess
+from jaxcnn.data.images import load_image
+from jaxcnn.models import build_model
+from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.train.steps import make_predict_fn
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A restored model with what it needs to read and label images."""
+
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # the stored images' (H, W, C), before device preprocessing
+    epoch: int
+    probabilities: callable  # uint8 (N, H, W, C) -> (N, classes)
+
+    def load(self, path: str | pathlib.Path, invert: bool = False) -> np.ndarray:
+        """Reads a file as the training images were stored (size, channels); raises ImageError."""
+        image = load_image(path, self.input_shape[:2], self.input_shape[2])
+        return 255 - image if invert else image
+
+
+def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:
+    """Restores the best checkpoint of `workdir` (or `epoch`) and its preprocessing.
+
+    Raises:
+      ConfigError: no checkpoints in `workdir`, or no checkpoint for `epoch`.
+    """
+    checkpoints = Checkpoints(workdir, read_only=True)
+    try:
+        latest = checkpoints.latest_epoch()
+        if latest is None:
+            raise ConfigError(f"{workdir}: no checkpoints (expected {checkpoints.directory}/<epoch>); "
+                              "train first with scripts/train.py --workdir")
+        epoch = epoch or checkpoints.meta(latest)["best_epoch"]
+        if epoch not in checkpoints.manager.all_steps():
+            raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; "
+                              f"kept: {sorted(checkpoints.manager.all_steps())}")
+        meta = checkpoints.meta(epoch)
+        config = ml_collections.ConfigDict(meta["config"])
+        input_shape = tuple(meta["input_shape"])
+        model = build_model(config.model, meta["num_classes"],
+                            (*config.data.image_size, config.data.channels), config.seed)
+        checkpoints.restore(epoch, model)
+    finally:
+        checkpoints.close()
+    model.eval()
+    graphdef, state = nnx.split(model)
+    predict_fn = make_predict_fn(graphdef, make_preprocess(config.data))
+    return Predictor(tuple(meta["class_names"]), input_shape, epoch,
+                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))))
+
+
+def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities)[:k]
+    return [(class_names[i], float(probabilities[i])) for i in order]

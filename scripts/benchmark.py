@@ -1,0 +1,44 @@
+"""LeNet training speed on this backend: jaxcnn's epoch strategies beside the study's PyTorch loop.
+
+    python scripts/benchmark.py                           # configs/lenet.py:3, embedded MNIST subset
+    python scripts/benchmark.py --repeat 15 --epochs 5    # 60,000 images per epoch
+    python scripts/benchmark.py --config configs/lenet.py:0 --json bench.json
+
+The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is skipped.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcnn.benchmark import LOOPS, format_table, run_benchmark
+from jaxcnn.config import ConfigError
+
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
+
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file and argument, e.g. configs/lenet.py:3",
+                                lock_config=True)
+flags.DEFINE_integer("epochs", 3, "Timed epochs per method; the table gives their median.", lower_bound=1)
+flags.DEFINE_integer("repeat", 1, "Tile the training set this many times (15: 60,000 MNIST images).", lower_bound=1)
+flags.DEFINE_multi_enum("loop", list(LOOPS), LOOPS, "JAX epoch strategies to measure.")
+flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
+flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    try:
+        report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, f.torch)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(format_table(report))
+    if f.json:
+        pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

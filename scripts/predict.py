@@ -1,0 +1,59 @@
+"""Label image files with a trained run:
+`python scripts/predict.py --workdir runs/lenet3 digit.png photo.jpg`.
+
+Prints the top-k classes with probabilities for each file and writes an annotated PNG.
+A missing or unreadable file gets one error line; the others are still labelled; exit status 1.
+"""
+
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from jaxcnn.config import ConfigError
+from jaxcnn.data.images import ImageError
+from jaxcnn.predict import load_predictor, top_k
+from jaxcnn.report.plots import prediction_grid
+
+flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkpoint is used).")
+flags.DEFINE_integer("epoch", None, "Use this epoch's checkpoint instead of the best.")
+flags.DEFINE_integer("top_k", 3, "How many classes to print per image.")
+flags.DEFINE_bool("invert", False, "Invert gray levels first (dark digits on light paper -> MNIST's light on dark).")
+flags.DEFINE_string("out", None, "Annotated PNG (default: WORKDIR/predict.png); '' for none.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    logging.set_verbosity(logging.ERROR)
+    paths = argv[1:]
+    if not paths:
+        sys.exit("error: name at least one image file after the flags")
+    try:
+        predictor = load_predictor(FLAGS.workdir, FLAGS.epoch)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    images, names, failed = [], [], 0
+    for path in paths:
+        try:
+            images.append(predictor.load(path, FLAGS.invert))
+            names.append(path)
+        except ImageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    if images:
+        probabilities = predictor.probabilities(np.stack(images))
+        for path, p in zip(names, probabilities):
+            ranked = ", ".join(f"{name} {prob:.3f}" for name, prob in top_k(p, predictor.class_names, FLAGS.top_k))
+            print(f"{path}: {ranked}")
+        out = f"{FLAGS.workdir}/predict.png" if FLAGS.out is None else FLAGS.out
+        if out:
+            pred = probabilities.argmax(-1)
+            prediction_grid(np.stack(images), pred, pred, predictor.class_names, out,
+                            f"predictions (checkpoint of epoch {predictor.epoch})")
+            print(f"annotated images: {out}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    app.run(main)

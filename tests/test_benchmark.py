@@ -1,0 +1,55 @@
+"""The benchmark on a few hundred embedded MNIST digits: sane figures, and both sides really train."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+from jaxcnn.benchmark import LOOPS, TORCH_METHOD, benchmark_torch, format_table, run_benchmark, training_set
+
+CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py"
+EPOCHS = 2
+
+
+def tiny_config(max_train: int = 300):
+    """configs/lenet.py:3 (Adam, ReLU, batch 100) on the first `max_train` training digits."""
+    spec = importlib.util.spec_from_file_location("lenet_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(f"3,data.max_train={max_train},data.max_test=100")
+
+
+def check_result(result, images_per_epoch):
+    assert result.images_per_epoch == images_per_epoch
+    assert len(result.epoch_times_s) == len(result.train_losses) == EPOCHS
+    assert all(t > 0 and math.isfinite(t) for t in result.epoch_times_s)
+    assert result.images_per_s > 0 and math.isfinite(result.images_per_s)
+    assert result.train_losses[-1] < result.train_losses[0], result.train_losses
+
+
+def test_jax_epoch_strategies():
+    report = run_benchmark(tiny_config(), epochs=EPOCHS, repeat=2, with_torch=False)
+    assert [r.method for r in report.results] == list(LOOPS)
+    for r in report.results:
+        check_result(r, 600)
+        assert r.compile_time_s > 0
+    assert report.faster_loop in LOOPS
+    assert report.torch is None and report.torch_skipped == "not requested"
+    table = format_table(report)
+    assert "jax python" in table and "jax scan" in table and "600 images/epoch" in table
+    assert f"faster epoch strategy on {report.backend}: {report.faster_loop}" in table
+    data = json.loads(json.dumps(report.to_json()))
+    assert {"setup", "machine", "backend", "device_kind", "results", "faster_loop", "torch_skipped"} <= set(data)
+    assert {r["method"] for r in data["results"]} == set(LOOPS)
+    assert all(r["vs_torch"] is None and r["images_per_s"] > 0 for r in data["results"])
+
+
+def test_torch_reference():
+    pytest.importorskip("torch")
+    config = tiny_config(1000)  # PyTorch's default init starts slower: 10 steps per epoch
+    dataset = training_set(config)
+    result = benchmark_torch(config, dataset.train_images, dataset.train_labels, EPOCHS, dataset.num_classes)
+    assert result.method == TORCH_METHOD and result.compile_time_s is None
+    check_result(result, 1000)

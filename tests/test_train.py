@@ -1,0 +1,161 @@
+"""End-to-end training on the embedded real MNIST subset: accuracy, outputs, resume, divergence."""
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from jaxcnn.config import ConfigError
+from jaxcnn.models import build_model
+from jaxcnn.train import loop
+from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.train.metrics import confusion_matrix, per_class_report
+from tests.test_config import lenet
+
+
+@pytest.fixture(scope="module")
+def variant3_run(tmp_path_factory):
+    """The study's variant 3 (Adam, ReLU, lr 1e-3, batch 100) for its default 20 epochs."""
+    workdir = tmp_path_factory.mktemp("lenet3")
+    summary = loop.train_and_evaluate(lenet.get_config("3"), workdir, progress=False)
+    return workdir, summary
+
+
+def test_variant3_passes_95_percent_on_the_embedded_subset(variant3_run):
+    _, summary = variant3_run
+    assert summary["final_test_accuracy"] >= 0.95
+    assert summary["num_params"] == 61_706
+    assert summary["epochs"] == 20
+
+
+def test_run_outputs_hold_the_right_numbers(variant3_run):
+    workdir, summary = variant3_run
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, 21))
+    with open(workdir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for h, row in zip(history, rows, strict=True):
+        assert float(row["test_accuracy"]) == pytest.approx(h["test_accuracy"])
+        assert float(row["train_loss"]) == pytest.approx(h["train_loss"])
+    assert summary["final_test_accuracy"] == history[-1]["test_accuracy"]
+    best = max(history, key=lambda h: h["test_accuracy"])
+    assert (summary["best_test_accuracy"], summary["best_epoch"]) == (best["test_accuracy"], best["epoch"])
+    assert summary["overfitting_gap"] == pytest.approx(history[-1]["train_accuracy"] - history[-1]["test_accuracy"])
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    # the confusion matrix is of the final model on all 1,000 test images
+    matrix = np.loadtxt(workdir / "confusion_matrix.csv", delimiter=",")
+    assert matrix.sum() == 1000 and (matrix.sum(axis=1) == 100).all()
+    assert np.trace(matrix) / 1000 == pytest.approx(summary["final_test_accuracy"])
+    with open(workdir / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class] == [str(c) for c in range(10)]
+    np.testing.assert_allclose([float(r["recall"]) for r in per_class], np.diag(matrix) / 100, atol=1e-4)
+    text = (workdir / "summary.md").read_text()
+    assert f"{summary['final_test_accuracy']:.4f}" in text and "61,706" in text
+    for name in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
+        with Image.open(workdir / name) as image:
+            assert image.size[0] > 300
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((workdir / "config.json").read_text())["variant"] == "3"
+    # latest 3 and the best epoch are kept
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({18, 19, 20, best["epoch"]})
+
+
+def test_metrics_from_fixed_predictions():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    preds = np.array([0, 0, 1, 1, 2, 2])
+    matrix = confusion_matrix(labels, preds, 3)
+    np.testing.assert_array_equal(matrix, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
+    report = per_class_report(matrix)
+    np.testing.assert_allclose(report["precision"], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(report["recall"], [2 / 3, 0.5, 1.0])
+    np.testing.assert_allclose(report["f1"], [0.8, 0.5, 2 / 3])
+    np.testing.assert_array_equal(report["support"], [3, 2, 1])
+
+
+def small_config(arg: str = "3"):
+    return lenet.get_config(f"{arg},data.max_train=1000,data.max_test=300,epochs=3,optim.schedule=cosine")
+
+
+def read_params(workdir: pathlib.Path, epoch: int) -> dict:
+    config = small_config()
+    model = build_model(config.model, 10, (28, 28, 1), 0)
+    checkpoints = Checkpoints(workdir, read_only=True)
+    checkpoints.restore(epoch, model)
+    checkpoints.close()
+    return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    whole = loop.train_and_evaluate(small_config(), tmp_path / "whole", progress=False)
+
+    save = Checkpoints.save
+
+    def save_then_interrupt(self, epoch, *args):
+        save(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_and_evaluate(small_config(), tmp_path / "split", progress=False)
+    monkeypatch.undo()
+    assert len((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = loop.train_and_evaluate(small_config(), tmp_path / "split", progress=False)
+
+    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+    read = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(read("split")) == strip(read("whole"))
+    assert resumed["final_test_accuracy"] == whole["final_test_accuracy"]
+    a, b = read_params(tmp_path / "whole", 3), read_params(tmp_path / "split", 3)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_rerun_of_a_finished_run_trains_nothing_and_more_epochs_continue(tmp_path):
+    config = small_config()
+    first = loop.train_and_evaluate(config, tmp_path, progress=False)
+    again = loop.train_and_evaluate(config, tmp_path, progress=False)
+    assert again["final_test_accuracy"] == first["final_test_accuracy"]
+    config.train.epochs = 4
+    longer = loop.train_and_evaluate(config, tmp_path, progress=False)
+    assert longer["epochs"] == 4
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    loop.train_and_evaluate(lenet.get_config("3,data.max_train=200,data.max_test=100,epochs=1"), tmp_path,
+                            progress=False)
+    with pytest.raises(ConfigError, match=r"another config \(model.activation: 'relu' -> 'tanh'"):
+        loop.train_and_evaluate(lenet.get_config("1,data.max_train=200,data.max_test=100,epochs=1"), tmp_path,
+                                progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+    config = small_config("1")  # tanh: ReLU would turn NaN inputs into zeros
+    config.train.epochs = 2
+    loop.train_and_evaluate(config, tmp_path, progress=False)
+    make = loop.make_preprocess
+    monkeypatch.setattr(loop, "make_preprocess", lambda data: lambda x, key=None: make(data)(x, key) * np.nan)
+    config.train.epochs = 4
+    with pytest.raises(loop.TrainingDivergedError, match="epoch 3: training loss became nan.*epoch 2 are kept"):
+        loop.train_and_evaluate(config, tmp_path, progress=False)
+    assert Checkpoints(tmp_path, read_only=True).latest_epoch() == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_python_loop_and_scanned_epoch_agree(tmp_path):
+    python = loop.train_and_evaluate(small_config("3,train.loop=python"), tmp_path / "p", progress=False)
+    scan = loop.train_and_evaluate(small_config("3,train.loop=scan"), tmp_path / "s", progress=False)
+    assert python["loop"] == "python" and scan["loop"] == "scan"
+    assert abs(python["final_test_accuracy"] - scan["final_test_accuracy"]) <= 0.01
+
+
+def test_batch_larger_than_the_data_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size=500 is larger than the 300 training images"):
+        loop.train_and_evaluate(lenet.get_config("3,data.max_train=300,batch_size=500"), tmp_path, progress=False)
