@@ -16,8 +16,12 @@ from typing import Any
 import ml_collections
 
 
-class ConfigError(ValueError):
-    """A config, variant, key or value the user gave is not valid."""
+class ConfigError(Exception):
+    """A config, variant, key or value the user gave is not valid.
+
+    Not a ValueError on purpose: ml_collections' config flag re-wraps ValueErrors raised by
+    `get_config` into a traceback text; this one reaches `jaxcnn.cli` and is printed as one line.
+    """
 
 
 def split_arg(arg: str) -> list[str]:

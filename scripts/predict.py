@@ -8,9 +8,9 @@ A missing or unreadable file gets one error line; the others are still labelled;
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from jaxcnn.config import ConfigError
+from jaxcnn.cli import run
 from jaxcnn.data.images import ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.report.plots import prediction_grid
@@ -25,14 +25,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    logging.set_verbosity(logging.ERROR)
     paths = argv[1:]
     if not paths:
         sys.exit("error: name at least one image file after the flags")
-    try:
-        predictor = load_predictor(FLAGS.workdir, FLAGS.epoch)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    predictor = load_predictor(FLAGS.workdir, FLAGS.epoch)
     images, names, failed = [], [], 0
     for path in paths:
         try:
@@ -56,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

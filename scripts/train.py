@@ -4,14 +4,11 @@ Rerunning on the same workdir resumes from its latest checkpoint. Override any k
 `--config.train.epochs=5` or inside the config argument (`configs/lenet.py:3,epochs=5`).
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from jaxcnn.config import ConfigError
-from jaxcnn.data.images import ImageError
-from jaxcnn.train.loop import TrainingDivergedError, train_and_evaluate
+from jaxcnn.cli import run
+from jaxcnn.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "Config file and argument, e.g. configs/lenet.py:3", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, figures and summary.md.")
@@ -20,14 +17,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    try:
-        summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ConfigError, ImageError, TrainingDivergedError) as e:
-        sys.exit(f"error: {e}")
+    summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     print(f"final test accuracy {summary['final_test_accuracy']:.4f}, best {summary['best_test_accuracy']:.4f} "
           f"(epoch {summary['best_epoch']}); outputs in {flags.FLAGS.workdir}/summary.md")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

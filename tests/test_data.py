@@ -204,6 +204,21 @@ def test_16bit_gray_png_is_scaled_to_8_bits(tmp_path):
     np.testing.assert_array_equal(rgb, np.repeat(gray, 3, axis=-1))
 
 
+def test_16bit_scaling_does_not_depend_on_image_max(tmp_path):
+    dark = save(tmp_path / "dark16.png", Image.fromarray(np.array([[0, 100, 200, 255]], np.uint16)))
+    bright = save(tmp_path / "bright16.png", Image.fromarray(np.array([[0, 100, 255, 65535]], np.uint16)))
+    assert Image.open(dark).mode.startswith("I;16")
+    assert load_image(bright, (1, 4), 1)[0, 2, 0] == 1  # 255/65535 of full scale
+    np.testing.assert_array_equal(load_image(dark, (1, 4), 1)[0, :, 0], [0, 0, 1, 1])
+
+
+def test_16bit_png_transparency_is_composited_over_black(tmp_path):
+    path = save(tmp_path / "trns16.png", Image.fromarray(np.array([[0, 65535, 30000]], np.uint16)),
+                transparency=30000)
+    assert Image.open(path).info.get("transparency") == 30000
+    np.testing.assert_array_equal(load_image(path, (1, 3), 1)[0, :, 0], [0, 255, 0])
+
+
 def test_jpeg_rgb_and_cmyk(tmp_path):
     path = save(tmp_path / "photo.jpg", Image.new("RGB", (10, 8), (200, 30, 90)), quality=95)
     rgb = load_image(path, (8, 10), 3)
@@ -248,6 +263,14 @@ def test_missing_file_is_image_error_naming_it(tmp_path):
         load_image(path, (28, 28), 1)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_oversized_image_is_image_error_naming_it(tmp_path, monkeypatch):
+    path = save(tmp_path / "huge.png", Image.new("L", (10, 10)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 100 pixels > 2 * limit: a "bomb"
+    with pytest.raises(ImageError) as info:
+        load_image(path, (28, 28), 1)
+    assert str(path) in str(info.value)
 
 
 def test_corrupt_files_are_image_errors_naming_them(tmp_path):
@@ -569,6 +592,18 @@ TFDS_CHILD = textwrap.dedent(r'''
             else:
                 raise AssertionError(f"{source}: no ConfigError")
 
+    def check_bad_version_config_or_name():
+        for source in ("tfds:mnist:9.9.9", "tfds:mnist/no_such_config", "tfds:no such name"):
+            data = default_config().data
+            data.source = source
+            try:
+                with mocked():
+                    load_dataset(data)
+            except ConfigError as e:
+                assert source.removeprefix("tfds:") in str(e), str(e)
+            else:
+                raise AssertionError(f"{source}: no error")
+
     results = {}
     for name, fn in list(globals().items()):
         if name.startswith("check_") and name != "check_served":
@@ -598,7 +633,8 @@ def tfds_results(tmp_path_factory):
 
 @pytest.mark.parametrize("check", ["check_mnist_load_tfds", "check_mnist_load_dataset_prefixes",
                                    "check_mnist_classes_and_limits", "check_cifar100_rgb",
-                                   "check_unknown_name"])
+                                   "check_unknown_name",
+                                   "check_bad_version_config_or_name"])
 def test_tfds_offline(tfds_results, check):
     assert check in tfds_results, sorted(tfds_results)
     assert tfds_results[check] == "ok", tfds_results[check]
@@ -701,6 +737,15 @@ def test_random_crop_is_a_shifted_copy_and_depends_on_key():
     np.testing.assert_array_equal(np.asarray(jax.jit(preprocess)(jnp.asarray(batch), jax.random.key(0))), out1)
     # No key (evaluation): no augmentation.
     np.testing.assert_allclose(np.asarray(preprocess(jnp.asarray(batch), None)), x, rtol=1e-6, atol=1e-7)
+
+
+def test_random_crop_uses_every_shift_up_to_padding():
+    batch = uint8_batch((64, 6, 6, 1), seed=2) | 1
+    preprocess = make_preprocess(data_config(image_size=(6, 6), crop_padding=2))
+    out = np.asarray(preprocess(jnp.asarray(batch), jax.random.key(5)))
+    offsets = np.array(crop_offsets(out, batch / 255.0, 2))
+    assert set(offsets[:, 0].tolist()) == set(range(5))
+    assert set(offsets[:, 1].tolist()) == set(range(5))
 
 
 def test_no_crop_without_padding():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
@@ -13,26 +13,28 @@ class ImageError(ValueError):
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float gray images scaled to 8 bits; other modes unchanged."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if image.mode == "F" and array.max(initial=0) <= 1.0:
-            scale = 255.0
-        elif image.mode == "F" or array.max(initial=0) <= 255:
-            scale = 1.0
-        else:
-            scale = 255.0 / 65535.0
-        return Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8), "L")
-    return image
+    """Integer images of more than 8 bits scaled from 0..65535 to 0..255 (a fixed scale, so a value
+    maps alike in every file); float images from [0, 1] if their maximum is <= 1, else taken as
+    0..255. A transparency colour becomes an alpha channel. Other modes are returned unchanged."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    scale = (255.0 if array.max(initial=0) <= 1.0 else 1.0) if image.mode == "F" else 255.0 / 65535.0
+    gray = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    if "transparency" not in image.info:
+        return Image.fromarray(gray, "L")
+    alpha = np.where(array == image.info["transparency"], 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([gray, alpha], axis=-1), "LA")
 
 
 def convert(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
     """Converts a PIL image to uint8 (height, width, channels).
 
-    Transparency is composited over black (the MNIST background); palette, CMYK and
-    16-bit images are converted first. Resizing uses bilinear filtering with antialiasing.
+    The EXIF orientation is applied (photos); transparency is composited over black (the MNIST
+    background); palette, CMYK and 16-bit images are converted first. Resizing uses bilinear
+    filtering with antialiasing.
     """
-    image = _to_8bit(image)
+    image = _to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
@@ -57,5 +59,5 @@ def load_image(path: str | pathlib.Path, size: tuple[int, int], channels: int) -
             return convert(image, size, channels)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None

@@ -36,8 +36,9 @@ def load_tfds(name: str, data_dir: str, train_split: str, test_split: str) -> Da
 
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ConfigError(f"data.source={name!r}: no TFDS dataset of that name ({str(e).splitlines()[0]})") from None
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError) as e:
+        first_line = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(f"data.source={name!r}: not a loadable TFDS dataset ({first_line.strip()})") from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise ConfigError(f"data.source={name!r}: TFDS dataset has features {list(features)}, "

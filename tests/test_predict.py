@@ -1,0 +1,98 @@
+"""Prediction from checkpoints, through the library and the command line, on written image files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn.config import ConfigError
+from jaxcnn.data.embedded import load_mnist5k
+from jaxcnn.data.images import ImageError
+from jaxcnn.predict import load_predictor, top_k
+from jaxcnn.train import loop
+from tests.test_config import ROOT, lenet
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = loop.train_and_evaluate(lenet.get_config("3,epochs=6,data.max_test=500"), workdir, progress=False)
+    return workdir, summary
+
+
+def test_predict_matches_test_accuracy_on_written_png_files(trained, tmp_path):
+    workdir, summary = trained
+    predictor = load_predictor(workdir)
+    assert predictor.epoch == summary["best_epoch"]
+    data = load_mnist5k()
+    images, labels = data.test_images[:500], data.test_labels[:500]
+    loaded = []
+    for i, image in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(image[..., 0]).save(path)
+        loaded.append(predictor.load(path))
+    np.testing.assert_array_equal(np.stack(loaded), images)
+    probs = predictor.probabilities(np.stack(loaded))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    accuracy = np.mean(probs.argmax(-1) == labels)
+    assert accuracy == pytest.approx(summary["best_test_accuracy"], abs=1e-9)
+
+
+def test_predict_reads_any_size_and_mode_and_inverts_on_request(trained, tmp_path):
+    workdir, _ = trained
+    predictor = load_predictor(workdir)
+    digit = load_mnist5k().test_images[3, ..., 0]
+    big_rgb = Image.fromarray(digit).resize((280, 280), Image.Resampling.BILINEAR).convert("RGB")
+    big_rgb.save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(255 - digit).save(tmp_path / "paper.png")
+    direct = predictor.probabilities(digit[None, ..., None])[0].argmax()
+    assert predictor.probabilities(predictor.load(tmp_path / "big.jpg")[None])[0].argmax() == direct
+    np.testing.assert_array_equal(predictor.load(tmp_path / "paper.png", invert=True)[..., 0], digit)
+    assert top_k(np.array([0.1, 0.7, 0.2]), ("a", "b", "c"), 2) == [("b", 0.7), ("c", 0.2)]
+    with pytest.raises(ImageError, match="nope.png: no such file"):
+        predictor.load(tmp_path / "nope.png")
+
+
+def test_predict_refuses_a_workdir_without_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        load_predictor(tmp_path)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_train_then_predict(tmp_path):
+    workdir = tmp_path / "cli"
+    result = run_script("scripts/train.py", "--config", "configs/lenet.py:3,smoke", "--config.train.epochs=1",
+                        f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr
+    assert "final test accuracy" in result.stdout
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+
+    data = load_mnist5k()
+    Image.fromarray(data.test_images[0, ..., 0]).save(tmp_path / "digit.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    result = run_script("scripts/predict.py", f"--workdir={workdir}", str(tmp_path / "digit.png"),
+                        str(tmp_path / "missing.png"), str(tmp_path / "broken.png"))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{tmp_path / 'digit.png'}: ")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'missing.png'}: no such file",
+                      f"error: {tmp_path / 'broken.png'}: not a readable image "
+                      f"(UnidentifiedImageError: cannot identify image file '{tmp_path / 'broken.png'}')"]
+    assert (workdir / "predict.png").exists()
+
+
+def test_command_line_reports_a_bad_key_in_one_line(tmp_path):
+    result = run_script("scripts/train.py", "--config", "configs/lenet.py:3,epoch=2", f"--workdir={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: configs/lenet.py: unknown key 'epoch'; valid keys:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_script("scripts/train.py", "--config", "configs/lenet.py:3", "--config.train.epoch=2",
+                        f"--workdir={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.strip() == ('error: a --config.KEY=VALUE override names no such key: epoch; '
+                                     'Did you mean "epochs" instead of "epoch"?')
