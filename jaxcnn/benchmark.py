@@ -268,7 +268,8 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
         results.append(benchmark_torch(config, images, labels, epochs, num_classes))
     setup = (f"{config.model.name} variant {config.variant} ({config.optim.name}, {config.model.activation}, "
              f"lr {config.optim.learning_rate}, batch {config.train.batch_size}) on {dataset.name}: "
-             f"{results[0].images_per_epoch:,} images/epoch, median of {epochs} epochs")
+             f"{len(labels) // config.train.batch_size * config.train.batch_size:,} images/epoch, "
+             f"median of {epochs} epochs")
     versions = f"jax {jax.__version__}"
     if torch_skipped is None:
         import torch
