@@ -1,9 +1,8 @@
 """Training speed of a config on the current backend: jaxcnn's two epoch strategies beside the
 study's PyTorch loop, on the same data and device.
 
-The JAX side sets up model, optimizer, preprocessing and permutations exactly as
-`jaxcnn.train.loop` does and times `make_epoch_fns`' two strategies: `python` (a Python loop of
-the jitted step) and `scan` (the whole epoch in `lax.scan`). Compilation is timed on its own;
+The JAX side is the `Trainer` that `train_and_evaluate` uses, timed with each of its two epoch
+strategies: `python` (a Python loop of the jitted step) and `scan` (the whole epoch in `lax.scan`). Compilation is timed on its own;
 the figures are medians over the epochs after it. The PyTorch reference is the study's loop: the model
 on the device, the data in host memory, each batch sliced, scaled to [0, 1] and copied every step.
 """
@@ -21,18 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from jaxcnn.config import ConfigError, validate
 from jaxcnn.data import Dataset, load_dataset
-from jaxcnn.data.device import epoch_permutation, make_preprocess
-from jaxcnn.models import build_model
-from jaxcnn.train.loop import model_input_shape, resolve_loop
-from jaxcnn.train.optim import make_optimizer
-from jaxcnn.train.steps import init_metrics, make_epoch_fns
+from jaxcnn.train.trainer import Trainer, model_input_shape, resolve_loop
 
 LOOPS = ("python", "scan")
 TORCH_METHOD = "pytorch eager"
@@ -114,51 +107,19 @@ def benchmark_jax(config: ml_collections.ConfigDict, images: np.ndarray, labels:
                   loop: str, epochs: int, num_classes: int = 10) -> Result:
     """Trains a fresh model for `epochs` timed epochs with epoch strategy `loop` (`python`/`scan`).
 
-    Set up as in `jaxcnn.train.loop.train_and_evaluate`; compile time is `lower().compile()` of
-    the step (python) or the epoch (scan); each epoch is timed up to `jax.block_until_ready`.
+    Uses the `Trainer` of `train_and_evaluate`; compile time is `lower().compile()` of the step
+    (python) or the epoch (scan); each epoch is timed until its metrics reach the host.
     """
     if loop not in LOOPS:
         raise ValueError(f"loop={loop!r} is not valid; valid values: {', '.join(LOOPS)}")
-    batch_size = config.train.batch_size
-    n_train = len(labels)
-    steps = n_train // batch_size
-    if steps < 1:
-        raise ConfigError(f"train.batch_size={batch_size} is larger than the {n_train} training images")
-    model = build_model(config.model, num_classes, model_input_shape(config), config.seed)
-    tx, _ = make_optimizer(config.optim, steps, epochs)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    preprocess = make_preprocess(config.data)
-    train_x, train_y = jax.device_put(images), jax.device_put(labels)
-    model.train()
-    graphdef, state = nnx.split((model, optimizer))
-    step_fn, epoch_fn = make_epoch_fns(graphdef, preprocess)
-    key = jax.random.key(config.seed)
-    shuffle_key, augment_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-
-    def epoch_data(epoch: int):
-        return (train_x, train_y, epoch_permutation(shuffle_key, epoch, n_train, batch_size),
-                jax.random.fold_in(augment_key, epoch))
-
-    train_fn = epoch_fn if loop == "scan" else step_fn
-    t0 = time.perf_counter()
-    train_fn = train_fn.lower((state, init_metrics(), jnp.int32(0)), epoch_data(1)).compile()
-    compile_time = time.perf_counter() - t0
-
+    trainer = Trainer(config, images, labels, num_classes, loop)
     times, losses = [], []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        carry = (state, init_metrics(), jnp.int32(0))
-        data = epoch_data(epoch)
-        if loop == "scan":
-            carry = train_fn(carry, data)
-        else:
-            for _ in range(steps):
-                carry = train_fn(carry, data)
-        state, metrics, _ = jax.block_until_ready(carry)
+        loss_sum, _, count = trainer.train_epoch(epoch)
         times.append(time.perf_counter() - t0)
-        loss_sum, _, count = np.asarray(metrics)
         losses.append(float(loss_sum / count))
-    return Result(loop, steps * batch_size, tuple(times), tuple(losses), compile_time)
+    return Result(loop, trainer.steps * trainer.batch_size, tuple(times), tuple(losses), trainer.compile_time)
 
 
 def torch_device() -> str:

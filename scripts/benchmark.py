@@ -9,13 +9,12 @@ The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is ski
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jaxcnn.benchmark import LOOPS, format_table, run_benchmark
-from jaxcnn.config import ConfigError
+from jaxcnn.cli import run
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
 
@@ -31,14 +30,11 @@ flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 def main(argv):
     del argv
     f = flags.FLAGS
-    try:
-        report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, f.torch)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, f.torch)
     print(format_table(report))
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxcnn.config import ConfigError
 from jaxcnn.models import build_model
-from jaxcnn.train import loop
+from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.metrics import confusion_matrix, per_class_report
 from tests.test_config import lenet
@@ -140,8 +140,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, 
     config = small_config("1")  # tanh: ReLU would turn NaN inputs into zeros
     config.train.epochs = 2
     loop.train_and_evaluate(config, tmp_path, progress=False)
-    make = loop.make_preprocess
-    monkeypatch.setattr(loop, "make_preprocess", lambda data: lambda x, key=None: make(data)(x, key) * np.nan)
+    make = trainer.make_preprocess
+    monkeypatch.setattr(trainer, "make_preprocess", lambda data: lambda x, key=None: make(data)(x, key) * np.nan)
     config.train.epochs = 4
     with pytest.raises(loop.TrainingDivergedError, match="epoch 3: training loss became nan.*epoch 2 are kept"):
         loop.train_and_evaluate(config, tmp_path, progress=False)

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -17,12 +16,12 @@ from tqdm import tqdm
 
 from jaxcnn.config import ConfigError, validate
 from jaxcnn.data import Dataset, load_dataset
-from jaxcnn.data.device import epoch_permutation, make_preprocess, pad_for_eval
-from jaxcnn.models import build_model, count_params
+from jaxcnn.data.device import pad_for_eval
+from jaxcnn.models import count_params
 from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
 from jaxcnn.train.checkpoint import Checkpoints
-from jaxcnn.train.optim import make_optimizer
-from jaxcnn.train.steps import init_metrics, make_epoch_fns, make_eval_fn
+from jaxcnn.train.steps import make_eval_fn
+from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop")
@@ -30,18 +29,6 @@ RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_loop(loop: str) -> str:
-    """`auto` -> `python` on CPU (a scanned epoch measured 4× slower on XLA CPU), `scan` on GPU/TPU
-    (removes per-step dispatch)."""
-    if loop != "auto":
-        return loop
-    return "python" if jax.default_backend() == "cpu" else "scan"
-
-
-def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    return (*config.data.image_size, config.data.channels)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -70,10 +57,6 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
     path.write_text(json.dumps(new, indent=2) + "\n")
 
 
-def _device_split(images: np.ndarray, labels: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    return jax.device_put(images), jax.device_put(labels.astype(np.int32))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        dataset: Dataset | None = None, progress: bool = True) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
@@ -97,16 +80,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     _check_workdir_config(workdir, config)
     if dataset is None:
         dataset = load_dataset(config.data)
-    batch_size, epochs = config.train.batch_size, config.train.epochs
-    n_train = len(dataset.train_labels)
-    if n_train < batch_size:
-        raise ConfigError(f"train.batch_size={batch_size} is larger than the {n_train} training images "
-                          f"of {dataset.name}")
-    steps = n_train // batch_size
-
-    model = build_model(config.model, dataset.num_classes, model_input_shape(config), config.seed)
-    tx, schedule = make_optimizer(config.optim, steps, epochs)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    epochs = config.train.epochs
+    trainer = Trainer(config, dataset.train_images, dataset.train_labels, dataset.num_classes)
+    model, optimizer, steps = trainer.model, trainer.optimizer, trainer.steps
     checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     history = read_history(workdir)
     start = checkpoints.latest_epoch() or 0
@@ -125,30 +101,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         compile_time = checkpoints.meta(start)["compile_time_s"]
     write_history(workdir, history)
 
-    preprocess = make_preprocess(config.data)
-    train_x, train_y = _device_split(dataset.train_images, dataset.train_labels)
     test_x, test_y, test_mask = map(jax.device_put, pad_for_eval(
         dataset.test_images, dataset.test_labels, config.train.eval_batch_size))
     model.eval()
     eval_graphdef, _ = nnx.split(model)
     model.train()
-    graphdef, state = nnx.split((model, optimizer))
-    step_fn, epoch_fn = make_epoch_fns(graphdef, preprocess)
-    loop = resolve_loop(config.train.loop)
-    train_fn = epoch_fn if loop == "scan" else step_fn
-    key = jax.random.key(config.seed)
-    shuffle_key, augment_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-
-    def epoch_data(epoch: int):
-        return (train_x, train_y, epoch_permutation(shuffle_key, epoch, n_train, batch_size),
-                jax.random.fold_in(augment_key, epoch))
-
     t0 = time.perf_counter()
-    train_fn = train_fn.lower((state, init_metrics(), jnp.int32(0)), epoch_data(1)).compile()
-    eval_fn = make_eval_fn(eval_graphdef, preprocess, config.train.eval_batch_size)
+    eval_fn = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size)
     eval_fn = eval_fn.lower(nnx.state(model), test_x, test_y, test_mask).compile()
     if not start:
-        compile_time = time.perf_counter() - t0
+        compile_time = trainer.compile_time + time.perf_counter() - t0
 
     from tensorboardX import SummaryWriter
 
@@ -162,35 +124,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         for epoch in range(start + 1, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
             t0 = time.perf_counter()
-            data = epoch_data(epoch)
-            carry = (nnx.state((model, optimizer)), init_metrics(), jnp.int32(0))
-            if loop == "scan":
-                carry = train_fn(carry, data)
-                bar.update(steps)
-            else:
-                for i in range(1, steps + 1):
-                    carry = train_fn(carry, data)
-                    if i % config.train.log_every == 0 or i == steps:
-                        loss_sum, correct, count = np.asarray(carry[1])
-                        if not math.isfinite(loss_sum):
-                            break
-                        bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
-                        bar.update(i - bar.n + (epoch - 1) * steps)
-            state, metrics, _ = carry
-            loss_sum, correct, count = np.asarray(metrics)
+
+            def show(i, sums, epoch=epoch):
+                bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}", refresh=False)
+                bar.update((epoch - 1) * steps + i - bar.n)
+
+            loss_sum, correct, count = trainer.train_epoch(epoch, show, config.train.log_every)
             epoch_time = time.perf_counter() - t0
             if not math.isfinite(loss_sum):
                 raise TrainingDivergedError(
                     f"epoch {epoch}: training loss became {loss_sum / count}; stopped. The checkpoints up to "
                     f"epoch {epoch - 1} are kept in {checkpoints.directory}. Lower optim.learning_rate "
                     f"(now {config.optim.learning_rate}) or change the optimizer.")
-            nnx.update((model, optimizer), state)
             t0 = time.perf_counter()
             test_loss, test_correct, predictions = eval_fn(nnx.state(model), test_x, test_y, test_mask)
             test_loss, test_acc = float(test_loss) / n_test, float(test_correct) / n_test
             record = {"epoch": epoch, "train_loss": float(loss_sum / count),
                       "train_accuracy": float(correct / count), "test_loss": test_loss,
-                      "test_accuracy": test_acc, "learning_rate": float(schedule(epoch * steps - 1)),
+                      "test_accuracy": test_acc, "learning_rate": float(trainer.schedule(epoch * steps - 1)),
                       "epoch_time_s": epoch_time, "eval_time_s": time.perf_counter() - t0}
             history.append(record)
             write_history(workdir, history)  # before the checkpoint: a resume truncates, never lacks, history
@@ -212,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         predictions = eval_fn(nnx.state(model), test_x, test_y, test_mask)[2]
     predictions = np.asarray(predictions)[:n_test]
     summary = summarize(history, count_params(model), compile_time)
-    summary.update(variant=config.variant, dataset=dataset.name, backend=jax.default_backend(), loop=loop)
+    summary.update(variant=config.variant, dataset=dataset.name, backend=jax.default_backend(), loop=trainer.loop)
     write_outputs(workdir, title, history, summary, dataset.class_names, dataset.test_images,
                   dataset.test_labels, predictions, config.report.grid_size)
     return summary
