@@ -116,7 +116,7 @@ def benchmark_jax(config: ml_collections.ConfigDict, images: np.ndarray, labels:
     times, losses = [], []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        loss_sum, _, count = trainer.train_epoch(epoch)
+        loss_sum, _, count = trainer.train_epoch(epoch)[0]
         times.append(time.perf_counter() - t0)
         losses.append(float(loss_sum / count))
     return Result(loop, trainer.steps * trainer.batch_size, tuple(times), tuple(losses), trainer.compile_time)

@@ -9,6 +9,7 @@ then `key=value` overrides. Every key and variant is checked; a bad one raises
 from __future__ import annotations
 
 import ast
+import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -212,6 +213,10 @@ def _check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"config {key}={value!r} must be a number {bound}")
 
 
+# model.pooling values each model accepts (models not listed check their own settings when built).
+MODEL_POOLINGS = {"lenet5": ("avg", "max"), "pooling_cnn": ("none", "max", "avg")}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the values a run reads (after every override); raises ConfigError on the first bad one."""
     _check_choice(config.data.channels, "data.channels", (1, 3))
@@ -239,3 +244,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_positive(config.train[key], f"train.{key}")
     _check_choice(config.train.loop, "train.loop", ("auto", "python", "scan"))
     _check_positive(config.checkpoint.keep, "checkpoint.keep")
+    model = config.model
+    if model.name in MODEL_POOLINGS:
+        _check_choice(model.pooling, "model.pooling", MODEL_POOLINGS[model.name])
+    if model.name == "pooling_cnn":
+        _check_choice(model.get("first_stride", 1), "model.first_stride", (1, 4))
+        hidden = model.get("hidden", 32)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
+        if model.get("extra_conv_layers", 0):
+            raise ConfigError(f"config model.extra_conv_layers={model.extra_conv_layers!r} is not used by "
+                              "model.name='pooling_cnn'; leave it 0")
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`{'optim.learning_rate': 0.001, ...}` with tuples as lists (as in config.json)."""
+    return flatten_dict(json.loads(config.to_json()))
+
+
+def flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one dict with dotted keys."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out

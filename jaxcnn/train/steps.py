@@ -49,21 +49,28 @@ def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess) -> Callable[[Carry
     return step
 
 
-def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess):
+def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess, grouped: bool = False):
     """Returns (`step_fn`, `epoch_fn`): a jitted single step (for the Python loop) and a jitted
-    whole epoch (`lax.scan` over the permutation's rows). Both donate the carry."""
+    whole epoch (`lax.scan` over the permutation's rows). Both donate the carry.
+
+    `grouped`: the carry's state and metrics and the data's permutation and key have a leading
+    member axis; one `jax.vmap`-ed step updates every member (images, labels and the step are shared).
+    """
     step = make_step(graphdef, preprocess)
+    if grouped:
+        step = jax.vmap(step, in_axes=((0, 0, None), (None, None, 0, 0)), out_axes=(0, 0, None))
 
     def epoch(carry: Carry, data: EpochData) -> Carry:
-        carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[0])
+        carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
         return carry
 
     return jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0)
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int):
+def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int, grouped: bool = False):
     """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions)`
-    over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out."""
+    over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out.
+    `grouped`: the state has a leading member axis, and so do the results."""
 
     def evaluate(state, images, labels, mask):
         model = nnx.merge(graphdef, state)
@@ -79,7 +86,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int
         losses, correct, preds = jax.lax.map(batch, (shape(images), shape(labels), shape(mask)))
         return losses.sum(), correct.sum(), preds.reshape(-1)
 
-    return jax.jit(evaluate)
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)) if grouped else evaluate)
 
 
 def make_predict_fn(graphdef: nnx.GraphDef, preprocess: Preprocess):

@@ -1,13 +1,14 @@
-"""`Trainer`: one model, its optimizer and its compiled epoch over device-resident training data.
+"""`Trainer`: one model (or a group of models trained as one program), its optimizer and its
+compiled epoch over device-resident training data.
 
-Shared by `train_and_evaluate` and the benchmark, so both time the same code.
+Shared by `train_and_evaluate`, the study runner and the benchmark, so all time the same code.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,13 +16,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import ConfigError
+from jaxcnn.config import ConfigError, flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
-from jaxcnn.train.optim import make_optimizer
+from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
 from jaxcnn.train.steps import init_metrics, make_epoch_fns
 
-# progress(step within the epoch, [loss_sum, correct, count] so far)
+# progress(step within the epoch, [loss_sum, correct, count] per member so far, shape (members, 3))
 Progress = Callable[[int, np.ndarray], None]
 
 
@@ -37,61 +38,124 @@ def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]
     return (*config.data.image_size, config.data.channels)
 
 
-class Trainer:
-    """Builds the model and optimizer of `config`, puts the training images on device once and
-    compiles one epoch strategy (`config.train.loop`, or `loop`)."""
+# Keys in which the members of one group may differ: everything else must be equal.
+GROUP_FREE_KEYS = ("variant", "seed", *(f"optim.{k}" for k in HYPERPARAMS),
+                   "train.log_every", "checkpoint.keep", "report.grid_size")
 
-    def __init__(self, config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
-                 num_classes: int, loop: str | None = None):
-        self.config = config
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+    """Configs with equal keys can train together as one vmapped program (`Trainer`)."""
+    flat = flatten_config(config)
+    return json.dumps({k: v for k, v in sorted(flat.items()) if k not in GROUP_FREE_KEYS})
+
+
+class Trainer:
+    """Builds the models and optimizers of one or more configs, puts the training images on device
+    once and compiles one epoch strategy (`config.train.loop`, or `loop`).
+
+    Several configs that share a `group_key` (they differ only in seed, learning rate, momentum,
+    weight decay) train as one program: their states are stacked and one `jax.vmap`-ed step updates
+    them all, each member with its own initialisation, shuffle and augmentation keys, exactly as
+    when it trains alone. Member objects (`models[g]`, `optimizers[g]`) hold the state between
+    epochs, so checkpoints and evaluation work per member.
+    """
+
+    def __init__(self, configs: ml_collections.ConfigDict | Sequence[ml_collections.ConfigDict],
+                 images: np.ndarray, labels: np.ndarray, num_classes: int, loop: str | None = None):
+        configs = [configs] if isinstance(configs, ml_collections.ConfigDict) else list(configs)
+        keys = {group_key(c) for c in configs}
+        if len(keys) != 1:
+            raise ConfigError("configs trained as one group must differ only in "
+                              f"{', '.join(GROUP_FREE_KEYS)}; these do not: {_differing(configs)}")
+        self.configs = configs
+        config = configs[0]
+        self.size = len(configs)
         self.batch_size = config.train.batch_size
         self.num_examples = len(labels)
         self.steps = self.num_examples // self.batch_size
         if self.steps < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} is larger than the {self.num_examples} "
                               "training images")
-        self.model = build_model(config.model, num_classes, model_input_shape(config), config.seed)
-        tx, self.schedule = make_optimizer(config.optim, self.steps, config.train.epochs)
-        self.optimizer = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
+        self.models, self.optimizers, self.schedules = [], [], []
+        for c in configs:
+            model = build_model(c.model, num_classes, model_input_shape(c), c.seed)
+            tx, schedule = make_optimizer(c.optim, self.steps, c.train.epochs)
+            model.train()
+            self.models.append(model)
+            self.optimizers.append(nnx.Optimizer(model, tx, wrt=nnx.Param))
+            self.schedules.append(schedule)
         self.preprocess = make_preprocess(config.data)
         self.images, self.labels = jax.device_put(images), jax.device_put(labels.astype(np.int32))
-        key = jax.random.key(config.seed)
-        self.shuffle_key, self.augment_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+        seeds = [jax.random.key(c.seed) for c in configs]
+        self.shuffle_keys = [jax.random.fold_in(k, 1) for k in seeds]
+        self.augment_keys = [jax.random.fold_in(k, 2) for k in seeds]
         self.loop = resolve_loop(loop or config.train.loop)
-        self.model.train()
-        graphdef, state = nnx.split((self.model, self.optimizer))
-        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess)
+        graphdef, _ = nnx.split((self.models[0], self.optimizers[0]))
+        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1)
+        # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
+        self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+        self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
         t0 = time.perf_counter()
         fn = epoch_fn if self.loop == "scan" else step_fn
-        self._train_fn = fn.lower((state, init_metrics(), jnp.int32(0)), self._epoch_data(1)).compile()
+        self._train_fn = fn.lower((self._state(), self._metrics(), jnp.int32(0)), self._epoch_data(1)).compile()
         self.compile_time = time.perf_counter() - t0
+
+    @property
+    def model(self) -> nnx.Module:
+        return self.models[0]
+
+    @property
+    def optimizer(self) -> nnx.Optimizer:
+        return self.optimizers[0]
+
+    def stacked(self, states: list):
+        """Members' states (or parts of them) stacked on a leading axis; a single member's as it is."""
+        return states[0] if self.size == 1 else self._stack(states)
+
+    def _state(self):
+        return self.stacked([nnx.state(pair) for pair in zip(self.models, self.optimizers)])
+
+    def _metrics(self) -> jax.Array:
+        return init_metrics() if self.size == 1 else jnp.zeros((self.size, 3), jnp.float32)
 
     def _epoch_data(self, epoch: int):
         """Same shuffle and augmentation keys for an epoch however the run got there (resume)."""
-        perm = epoch_permutation(self.shuffle_key, epoch, self.num_examples, self.batch_size)
-        return self.images, self.labels, perm, jax.random.fold_in(self.augment_key, epoch)
+        perms = [epoch_permutation(k, epoch, self.num_examples, self.batch_size) for k in self.shuffle_keys]
+        keys = [jax.random.fold_in(k, epoch) for k in self.augment_keys]
+        if self.size == 1:
+            return self.images, self.labels, perms[0], keys[0]
+        return self.images, self.labels, jnp.stack(perms), jnp.stack(keys)
 
     def train_epoch(self, epoch: int, progress: Progress | None = None, every: int = 20) -> np.ndarray:
-        """Trains one epoch in place; returns [loss_sum, correct, count] on the host.
+        """Trains one epoch in place; returns [loss_sum, correct, count] per member, (members, 3), on the host.
 
-        With the Python loop, `progress` is called every `every` steps and at the end; the epoch
-        stops early once the loss is not finite (the caller sees it in the returned sums).
+        With the Python loop, `progress` is called every `every` steps and at the end with the
+        members' sums so far; the epoch stops early once every member's loss is not finite.
         """
         data = self._epoch_data(epoch)
-        carry = (nnx.state((self.model, self.optimizer)), init_metrics(), jnp.int32(0))
+        carry = (self._state(), self._metrics(), jnp.int32(0))
         if self.loop == "scan":
             carry = self._train_fn(carry, data)
         else:
             for i in range(1, self.steps + 1):
                 carry = self._train_fn(carry, data)
                 if progress is not None and (i % every == 0 or i == self.steps):
-                    sums = np.asarray(carry[1])
+                    sums = np.asarray(carry[1]).reshape(self.size, 3)
                     progress(i, sums)
-                    if not math.isfinite(sums[0]):
+                    if not np.isfinite(sums[:, 0]).any():
                         break
         state, metrics, _ = carry
-        metrics = np.asarray(metrics)
-        nnx.update((self.model, self.optimizer), state)
+        metrics = np.asarray(metrics).reshape(self.size, 3)
+        states = [state] if self.size == 1 else self._unstack(state)
+        for pair, member_state in zip(zip(self.models, self.optimizers), states):
+            nnx.update(pair, member_state)
         if progress is not None and self.loop == "scan":
             progress(self.steps, metrics)
         return metrics
+
+
+def _differing(configs: Sequence[ml_collections.ConfigDict]) -> str:
+    flats = [flatten_config(c) for c in configs]
+    keys = sorted(k for k in set().union(*flats) if k not in GROUP_FREE_KEYS
+                  and len({json.dumps(f.get(k)) for f in flats}) > 1)
+    return "; ".join(f"{k}: {sorted({json.dumps(f.get(k)) for f in flats})}" for k in keys)
