@@ -10,13 +10,20 @@ from flax import nnx
 
 from jaxcnn.config import ConfigError
 from jaxcnn.models.lenet import LeNet5
+from jaxcnn.models.pooling import PoolingCNN
 
 
 def _lenet5(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
     return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers, rngs=rngs)
 
 
-MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5}
+def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
+    # hidden/first_stride exist only in configs made for this model (configs/pooling.py); defaults otherwise.
+    return PoolingCNN(num_classes, input_shape, cfg.get("hidden", 32), cfg.pooling, cfg.get("first_stride", 1),
+                      cfg.activation, rngs=rngs)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5, "pooling_cnn": _pooling_cnn}
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int],
