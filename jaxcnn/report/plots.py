@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.axes  # noqa: E402
+import matplotlib.figure  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -23,11 +25,22 @@ def learning_curves(history: Sequence[dict], path: pathlib.Path, title: str = ""
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        style_epoch_axis(ax)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def style_epoch_axis(ax: matplotlib.axes.Axes) -> None:
+    """Integer epoch ticks and a light grid, as on every per-epoch plot."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: pathlib.Path,
+                rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Tight layout (of the axes within `rect`, in figure fractions), 100 dpi PNG, figure closed."""
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -37,19 +50,26 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: pathl
     k = len(class_names)
     size = max(4.0, 0.45 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size))
+    draw_confusion_matrix(ax, matrix, class_names, title or "confusion matrix (test)")
+    save_figure(fig, path)
+
+
+def draw_confusion_matrix(ax: matplotlib.axes.Axes, matrix: np.ndarray, class_names: Sequence[str], title: str,
+                          cell_text: str = "count", fontsize: float = 8) -> None:
+    """A confusion matrix on `ax` with row-normalised colours; rows true, columns predicted. Each cell
+    (up to 30 classes) shows its `cell_text`: "count", or "percent" of its row."""
+    k = len(class_names)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if k <= 30:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                text = str(matrix[i, j]) if cell_text == "count" else f"{100 * rates[i, j]:.0f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                         color="white" if rates[i, j] > 0.5 else "black")
         ax.set_xticks(range(k), class_names, rotation=90 if k > 10 else 0)
         ax.set_yticks(range(k), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (test)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
@@ -68,6 +88,4 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndar
         text = class_names[pred] if ok else f"{class_names[pred]} (true {class_names[label]})"
         ax.set_title(text, fontsize=8, color="green" if ok else "red")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

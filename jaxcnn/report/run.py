@@ -14,6 +14,9 @@ from jaxcnn.report import plots
 from jaxcnn.train.metrics import confusion_matrix, per_class_report
 
 METRICS_JSONL = "metrics.jsonl"
+SUMMARY_JSON = "summary.json"
+PER_CLASS_CSV = "per_class.csv"
+CONFUSION_CSV = "confusion_matrix.csv"
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
            "epoch_time_s", "eval_time_s")
 
@@ -23,6 +26,25 @@ def read_history(workdir: pathlib.Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_summary(workdir: pathlib.Path) -> dict[str, Any]:
+    """summary.json as written by `write_outputs`."""
+    return json.loads((workdir / SUMMARY_JSON).read_text())
+
+
+def read_per_class(workdir: pathlib.Path) -> dict[str, list]:
+    """per_class.csv: {"class": names, "precision"/"recall"/"f1": floats, "support": ints}."""
+    with open(workdir / PER_CLASS_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"class": [r["class"] for r in rows],
+            **{k: [float(r[k]) for r in rows] for k in ("precision", "recall", "f1")},
+            "support": [int(r["support"]) for r in rows]}
+
+
+def read_confusion_matrix(workdir: pathlib.Path) -> np.ndarray:
+    """confusion_matrix.csv: counts, rows = true class, columns = predicted class."""
+    return np.loadtxt(workdir / CONFUSION_CSV, dtype=np.int64, delimiter=",", ndmin=2)
 
 
 def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> None:
@@ -65,14 +87,14 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
     n = min(grid_size, len(test_labels))
     plots.prediction_grid(test_images[:n], test_labels[:n], predictions[:n], class_names,
                           workdir / "predictions.png", f"{title}: first {n} test images")
-    with open(workdir / "per_class.csv", "w", newline="") as f:
+    with open(workdir / PER_CLASS_CSV, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         for i, name in enumerate(class_names):
             writer.writerow([name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")),
                              int(report["support"][i])])
-    np.savetxt(workdir / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",")
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    np.savetxt(workdir / CONFUSION_CSV, matrix, fmt="%d", delimiter=",")
+    (workdir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     (workdir / "summary.md").write_text(_summary_markdown(title, summary, class_names, report))
 
 

@@ -1,0 +1,1 @@
+"""Studies: several config variants, each trained with several seeds, and their joint report."""
