@@ -28,11 +28,20 @@ VARIANTS = {
     "7": _variant("sgd", "relu", 0.001),
     "8": _variant("sgd", "tanh", 0.0001),
     "9": _variant("adam", "tanh", 0.0001),
+    # The study's other axes, on variant 3: number of conv layers (3x3 16->16 convs added after
+    # the second conv) and pooling type.
+    "conv3": {**_variant("adam", "relu", 0.001), "model.extra_conv_layers": 1},
+    "conv4": {**_variant("adam", "relu", 0.001), "model.extra_conv_layers": 2},
+    "maxpool": {**_variant("adam", "relu", 0.001), "model.pooling": "max"},
     # Aimed at the study's >= 99.2% on full MNIST: ReLU, max pooling, random 2-pixel shifts,
     # Adam with warmup and cosine decay over 30 epochs.
     "best": {**_variant("adam", "relu", 0.002), "model.pooling": "max", "data.crop_padding": 2,
              "optim.schedule": "cosine", "optim.warmup_epochs": 1, "train.epochs": 30},
 }
+
+
+QUESTION = ("How do optimizer, activation and learning rate (variants 0-9), the number of conv layers "
+            "(conv3, conv4) and the pooling type (maxpool) change LeNet-5's test accuracy and overfitting?")
 
 
 def base() -> "ml_collections.ConfigDict":  # noqa: F821

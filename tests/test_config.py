@@ -64,7 +64,7 @@ def test_split_arg_keeps_brackets_and_quotes():
 
 
 @pytest.mark.parametrize("arg, needle", [
-    ("11", "unknown variant '11'; valid variants: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, best"),
+    ("11", "unknown variant '11'; valid variants: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, conv3, conv4, maxpool, best"),
     ("3,epoch=3", "unknown key 'epoch'; valid keys:"),
     ("3,model.size=3", "train.epochs"),  # the list of valid keys is given
     ("3,epochs=abc", "train.epochs='abc' has type str, expected int"),

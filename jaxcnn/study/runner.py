@@ -1,0 +1,172 @@
+"""The study runner: every variant of a config file over several seeds, then one report.
+
+    run_study("configs/pooling.py", "runs/pooling", seeds=5)
+
+Runs live in `WORKDIR/<variant>/seed_<n>`. Finished runs are skipped and unfinished ones resume
+from their checkpoints, so an interrupted study continues where it stopped. Pending runs that
+share an architecture and optimizer family (`jaxcnn.train.trainer.group_key`) train together as one
+vmapped program; `group=False` trains them one at a time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+import ml_collections
+
+from jaxcnn.config import ConfigError
+from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.study.report import RunRecord, write_report
+from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.train.loop import TrainingDivergedError, train_group
+from jaxcnn.train.trainer import group_key
+
+STUDY_JSON = "study.json"
+DIVERGED = "diverged.txt"  # in a run folder: the message of the divergence that ended it
+
+
+@dataclass
+class Run:
+    variant: str
+    seed: int
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+
+
+def load_config_module(path: str | pathlib.Path) -> ModuleType:
+    """Imports a config file (`configs/lenet.py`) as a module."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"jaxcnn_study_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path} defines no get_config(arg)")
+    return module
+
+
+def study_variants(module: ModuleType, path: str | pathlib.Path, names: Sequence[str] | None = None) -> list[str]:
+    """The variants a config file declares (its `VARIANTS` dict), or the `names` chosen from them."""
+    declared = list(getattr(module, "VARIANTS", None) or {})
+    if not declared:
+        raise ConfigError(f"config file {path} declares no variants (a VARIANTS dict of name -> overrides); "
+                          "a study needs at least one")
+    if not names:
+        return declared
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {', '.join(unknown)} in {path}; valid variants: {', '.join(declared)}")
+    return list(dict.fromkeys(names))
+
+
+def plan_study(module: ModuleType, config_path: str, workdir: str | pathlib.Path, seeds: int,
+               variants: Sequence[str] | None = None, overrides: str = "") -> list[Run]:
+    """The runs of a study: each variant × seeds 0..seeds-1, config `VARIANT,seed=N[,overrides]`."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r}: a study needs at least 1 seed")
+    names = study_variants(module, config_path, variants)
+    workdir = pathlib.Path(workdir)
+    runs = []
+    for name in names:
+        for seed in range(seeds):
+            arg = ",".join(p for p in (name, f"seed={seed}", overrides) if p)
+            runs.append(Run(name, seed, module.get_config(arg), workdir / name / f"seed_{seed}"))
+    return runs
+
+
+def _claim_workdir(workdir: pathlib.Path, config_path: str, overrides: str) -> None:
+    """study.json names the study a workdir holds; another study's workdir is refused."""
+    path = workdir / STUDY_JSON
+    study = {"config": pathlib.Path(config_path).name, "overrides": overrides}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in study} != study:
+            raise ConfigError(f"{workdir} holds the study {old.get('config')!r} with overrides "
+                              f"{old.get('overrides')!r}, not {study['config']!r} with {overrides!r}; "
+                              "use another --workdir (nothing was changed)")
+    elif workdir.exists() and any(workdir.iterdir()):
+        raise ConfigError(f"{workdir} is not empty and holds no {STUDY_JSON}; use an empty or new --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(study, indent=2) + "\n")
+
+
+def run_state(run: Run) -> tuple[str, int]:
+    """("done" | "diverged" | "pending", finished epochs)."""
+    if (run.workdir / DIVERGED).exists():
+        return "diverged", 0
+    summary = run.workdir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("epochs") == run.config.train.epochs:
+        return "done", run.config.train.epochs
+    if not (run.workdir / "checkpoints").exists():
+        return "pending", 0
+    checkpoints = Checkpoints(run.workdir, read_only=True)
+    try:
+        return "pending", checkpoints.latest_epoch() or 0
+    finally:
+        checkpoints.close()
+
+
+def group_runs(runs: Sequence[Run], max_group: int = 0) -> list[list[Run]]:
+    """Pending runs in groups that can train as one program: same `group_key`, same finished epochs."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((group_key(run.config), run_state(run)[1]), []).append(run)
+    out = []
+    for members in groups.values():
+        size = max_group or len(members)
+        out.extend(members[i:i + size] for i in range(0, len(members), size))
+    return out
+
+
+def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, variants: Sequence[str] | None = None,
+              overrides: str = "", group: bool = True, max_group: int = 0, progress: bool = True,
+              log=print) -> dict:
+    """Trains every pending run of the study, then writes report.md and results.csv.
+
+    Returns:
+      `write_report`'s aggregates, plus `wall_time_s` (this invocation) and `trained` (runs trained now).
+    """
+    if max_group < 0:
+        raise ConfigError(f"max_group={max_group} must be >= 0 (0: no limit)")
+    module = load_config_module(config_path)
+    runs = plan_study(module, config_path, workdir, seeds, variants, overrides)
+    workdir = pathlib.Path(workdir)
+    _claim_workdir(workdir, config_path, overrides)
+    states = {id(run): run_state(run)[0] for run in runs}
+    pending = [run for run in runs if states[id(run)] == "pending"]
+    log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
+    groups = group_runs(pending, max_group) if group else [[run] for run in pending]
+    datasets: dict[str, Dataset] = {}
+    t0 = time.perf_counter()
+    for i, members in enumerate(groups, 1):
+        names = ", ".join(f"{r.variant}/seed_{r.seed}" for r in members)
+        log(f"[{i}/{len(groups)}] {names}")
+        data_key = members[0].config.data.to_json()
+        if data_key not in datasets:
+            datasets[data_key] = load_dataset(members[0].config.data)
+        results = train_group([r.config for r in members], [r.workdir for r in members], datasets[data_key],
+                              progress)
+        for run, result in zip(members, results):
+            if isinstance(result, TrainingDivergedError):
+                (run.workdir / DIVERGED).write_text(str(result) + "\n")
+                log(f"  {run.variant}/seed_{run.seed} diverged: {result}")
+    wall = time.perf_counter() - t0
+
+    records = []
+    for run in runs:
+        state = run_state(run)[0]
+        message = (run.workdir / DIVERGED).read_text().strip() if state == "diverged" else ""
+        records.append(RunRecord(run.variant, run.seed, run.workdir, state if state != "pending" else "failed",
+                                 message or ("not finished" if state == "pending" else "")))
+    result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records,
+                          getattr(module, "QUESTION", ""))
+    result.update(wall_time_s=wall, trained=len(pending))
+    log(f"trained {len(pending)} runs in {wall:.1f} s; report: {workdir / 'report.md'}")
+    return result

@@ -1,0 +1,39 @@
+"""Run a study: every variant of a config file over several seeds, then one report.
+
+    python scripts/study.py --config configs/pooling.py --workdir runs/pooling --seeds 5
+    python scripts/study.py --config configs/lenet.py --workdir runs/lenet            # the LeNet variants
+    python scripts/study.py --config configs/lenet.py:smoke --workdir /tmp/s --variants 3,max --seeds 2
+
+`--config FILE[:overrides]`: the overrides (`epochs=5,smoke`, `data=mnist`) apply to every variant.
+Rerunning skips finished runs and resumes unfinished ones. Runs that share an architecture and an
+optimizer family train together as one vmapped program unless --nogroup.
+"""
+
+from absl import flags
+
+from jaxcnn.cli import run
+from jaxcnn.config import ConfigError
+
+flags.DEFINE_string("config", None, "Config file, optionally with overrides for every variant: FILE[:k=v,...]")
+flags.DEFINE_string("workdir", None, "Study directory: one folder per variant and seed, report.md, results.csv.")
+flags.DEFINE_integer("seeds", 1, "Seeds per variant (0..N-1).")
+flags.DEFINE_list("variants", None, "Variants to run (default: all the config file declares).")
+flags.DEFINE_bool("group", True, "Train runs that share an architecture and optimizer family as one program.")
+flags.DEFINE_integer("max_group", 0, "Most runs in one group (0: no limit); lower it if memory runs short.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from jaxcnn.study.runner import run_study
+
+    f = flags.FLAGS
+    path, _, overrides = f.config.partition(":")
+    result = run_study(path, f.workdir, f.seeds, f.variants, overrides, f.group, f.max_group)
+    if result.get("verdict"):
+        print(result["verdict"])
+
+
+if __name__ == "__main__":
+    run(main)
