@@ -54,4 +54,4 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
 
 def get_config(arg: str | None = None):
     return build_config(arg, base, VARIANTS, default_variant="3",
-                        aliases={**COMMON_ALIASES, "seed": "seed"}, flags=SMOKE_FLAG, source="configs/lenet.py")
+                        aliases=COMMON_ALIASES, flags=SMOKE_FLAG, source="configs/lenet.py")

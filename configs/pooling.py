@@ -57,4 +57,4 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
 
 def get_config(arg: str | None = None):
     return build_config(arg, base, VARIANTS, default_variant="max",
-                        aliases={**COMMON_ALIASES, "seed": "seed"}, flags=SMOKE_FLAG, source="configs/pooling.py")
+                        aliases=COMMON_ALIASES, flags=SMOKE_FLAG, source="configs/pooling.py")

@@ -196,6 +196,7 @@ COMMON_ALIASES = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "lr": "optim.learning_rate",
+    "seed": "seed",
 }
 
 SMOKE_FLAG = {"smoke": {"train.epochs": 2, "data.max_train": 1000, "data.max_test": 500}}

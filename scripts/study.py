@@ -6,7 +6,8 @@
 
 `--config FILE[:overrides]`: the overrides (`epochs=5,smoke`, `data=mnist`) apply to every variant.
 Rerunning skips finished runs and resumes unfinished ones. Runs that share an architecture and an
-optimizer family train together as one vmapped program unless --nogroup.
+optimizer family train together as one vmapped program with --group=yes (the default, auto, does so
+on GPU/TPU only).
 """
 
 from absl import flags
@@ -18,7 +19,9 @@ flags.DEFINE_string("config", None, "Config file, optionally with overrides for 
 flags.DEFINE_string("workdir", None, "Study directory: one folder per variant and seed, report.md, results.csv.")
 flags.DEFINE_integer("seeds", 1, "Seeds per variant (0..N-1).")
 flags.DEFINE_list("variants", None, "Variants to run (default: all the config file declares).")
-flags.DEFINE_bool("group", True, "Train runs that share an architecture and optimizer family as one program.")
+flags.DEFINE_enum("group", "auto", ["auto", "yes", "no"],
+                  "Train runs that share an architecture and optimizer family as one vmapped program: "
+                  "auto = on GPU/TPU, not on CPU (slower there, see README).")
 flags.DEFINE_integer("max_group", 0, "Most runs in one group (0: no limit); lower it if memory runs short.")
 flags.mark_flags_as_required(["config", "workdir"])
 

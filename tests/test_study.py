@@ -42,7 +42,7 @@ def check_report_matches_run_folders(study_dir, variants, seeds):
 def lenet_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lenet_study")
     result = runner.run_study(LENET, workdir, seeds=2, variants=["3", "2", "maxpool"], overrides=SMALL,
-                              progress=False, log=lambda *_: None)
+                              group="yes", progress=False, log=lambda *_: None)
     return workdir, result
 
 
@@ -92,7 +92,8 @@ def test_an_interrupted_study_resumes_its_unfinished_runs(tmp_path, monkeypatch)
     result = runner.run_study(LENET, tmp_path, seeds=1, variants=["3", "maxpool"], overrides=SMALL,
                               progress=False, log=lambda *_: None)
     assert result["trained"] == 1
-    check_report_matches_run_folders(tmp_path, ["3", "maxpool"], 1)
+    rows = check_report_matches_run_folders(tmp_path, ["3", "maxpool"], 1)
+    assert [r["group_size"] for r in rows] == ["1", "1"]  # group="auto" on the CPU: one at a time
 
 
 def test_bad_input_is_refused_and_nothing_is_overwritten(lenet_study, tmp_path):
@@ -106,7 +107,9 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(lenet_study, tmp_path):
         runner.run_study(LENET, tmp_path / "b", seeds=1, variants=["3", "11"])
     with pytest.raises(ConfigError, match="seeds=0: a study needs at least 1 seed"):
         runner.run_study(LENET, tmp_path / "c", seeds=0)
-    assert not any((tmp_path / d).exists() for d in "abc")  # nothing written on bad input
+    with pytest.raises(ConfigError, match="group='maybe' is not valid; valid values: auto, yes, no"):
+        runner.run_study(LENET, tmp_path / "d", seeds=1, group="maybe")
+    assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written on bad input
 
     before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     pooling = str(REPO / "configs" / "pooling.py")

@@ -4,8 +4,10 @@
 
 Runs live in `WORKDIR/<variant>/seed_<n>`. Finished runs are skipped and unfinished ones resume
 from their checkpoints, so an interrupted study continues where it stopped. Pending runs that
-share an architecture and optimizer family (`jaxcnn.train.trainer.group_key`) train together as one
-vmapped program; `group=False` trains them one at a time.
+share an architecture and optimizer family (`jaxcnn.train.trainer.group_key`) can train together
+as one vmapped program (`group="yes"`) or one at a time (`"no"`). `"auto"` groups on accelerators
+and not on the CPU, where a vmapped LeNet step measured 2.6× slower per run than single runs
+(XLA's CPU convolutions with a stacked kernel), see README.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+import jax
 import ml_collections
 
 from jaxcnn.config import ConfigError
@@ -27,6 +30,7 @@ from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.loop import TrainingDivergedError, train_group
 from jaxcnn.train.trainer import group_key
 
+GROUP_CHOICES = ("auto", "yes", "no")
 STUDY_JSON = "study.json"
 DIVERGED = "diverged.txt"  # in a run folder: the message of the divergence that ended it
 
@@ -126,7 +130,7 @@ def group_runs(runs: Sequence[Run], max_group: int = 0) -> list[list[Run]]:
 
 
 def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, variants: Sequence[str] | None = None,
-              overrides: str = "", group: bool = True, max_group: int = 0, progress: bool = True,
+              overrides: str = "", group: str = "auto", max_group: int = 0, progress: bool = True,
               log=print) -> dict:
     """Trains every pending run of the study, then writes report.md and results.csv.
 
@@ -135,6 +139,9 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
     """
     if max_group < 0:
         raise ConfigError(f"max_group={max_group} must be >= 0 (0: no limit)")
+    if group not in GROUP_CHOICES:
+        raise ConfigError(f"group={group!r} is not valid; valid values: {', '.join(GROUP_CHOICES)}")
+    grouped = group == "yes" or (group == "auto" and jax.default_backend() != "cpu")
     module = load_config_module(config_path)
     runs = plan_study(module, config_path, workdir, seeds, variants, overrides)
     workdir = pathlib.Path(workdir)
@@ -142,7 +149,7 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
     states = {id(run): run_state(run)[0] for run in runs}
     pending = [run for run in runs if states[id(run)] == "pending"]
     log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
-    groups = group_runs(pending, max_group) if group else [[run] for run in pending]
+    groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
     datasets: dict[str, Dataset] = {}
     t0 = time.perf_counter()
     for i, members in enumerate(groups, 1):
