@@ -1,0 +1,286 @@
+"""Tests for jaxcnn.data.augment (on-device affine resize/augmentation) and its use in
+make_preprocess. Offline and fast (CPU)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcnn.config import default_config
+from jaxcnn.data import augment as A
+from jaxcnn.data.device import make_preprocess, random_crop
+from jaxcnn.data.embedded import load_mnist5k
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_mnist5k().train_images[:64]  # (64, 28, 28, 1) uint8
+
+
+def data_config(**fields):
+    data = default_config().data
+    for key, value in fields.items():
+        data[key] = value
+    return data
+
+
+def random_images(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).random(shape, np.float32))
+
+
+def old_preprocess(data):
+    """Verbatim copy of make_preprocess before the affine path existed (the reference)."""
+    height, width = data.image_size
+    channels = data.channels
+    mean = jnp.asarray(data.mean, jnp.float32)
+    std = jnp.asarray(data.std, jnp.float32)
+    padding = data.crop_padding
+    luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+
+    def preprocess(images, key=None):
+        x = images.astype(jnp.float32) / 255.0
+        if x.shape[-1] == 1 and channels == 3:
+            x = jnp.repeat(x, 3, axis=-1)
+        elif x.shape[-1] == 3 and channels == 1:
+            x = (x @ luma)[..., None]
+        if x.shape[1:3] != (height, width):
+            x = jax.image.resize(x, (x.shape[0], height, width, channels), "bilinear", antialias=True)
+        if key is not None and padding:
+            x = random_crop(key, x, padding)
+        return (x - mean) / std
+
+    return preprocess
+
+
+SAMPLERS = [A.affine_sample, A.axis_aligned_sample]
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and matrices
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("in_hw,out_hw", [((28, 28), (224, 224)), ((20, 28), (224, 160)),
+                                          ((28, 28), (28, 28))])
+def test_resize_matrix_matches_jax_image_resize_when_upscaling(sampler, in_hw, out_hw):
+    x = random_images((3, *in_hw, 2))
+    m = jnp.broadcast_to(A.resize_matrix(in_hw, out_hw), (3, 2, 3))
+    got = sampler(x, m, out_hw)
+    for antialias in (False, True):  # the same when upscaling
+        want = jax.image.resize(x, (3, *out_hw, 2), "bilinear", antialias=antialias)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_identity_matrix_returns_the_image(sampler):
+    x = random_images((2, 17, 23, 3))
+    got = sampler(x, jnp.broadcast_to(A.identity_matrix(), (2, 2, 3)), (17, 23))
+    np.testing.assert_allclose(got, x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_hflip_matrix_is_fliplr(sampler):
+    x = random_images((2, 13, 19, 3))
+    got = sampler(x, jnp.broadcast_to(A.hflip_matrix((13, 19)), (2, 2, 3)), (13, 19))
+    np.testing.assert_allclose(got, np.asarray(x)[:, :, ::-1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("angle,k", [(90, 1), (-90, -1), (180, 2)])
+def test_rotation_by_right_angles_is_rot90(angle, k):
+    """Positive angles turn the content counter-clockwise as displayed, like np.rot90."""
+    x = random_images((2, 16, 16, 3))
+    got = A.affine_sample(x, jnp.broadcast_to(A.rotation_matrix(angle, (16, 16)), (2, 2, 3)),
+                          (16, 16))
+    want = np.rot90(np.asarray(x), k=k, axes=(1, 2))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_rotation_direction_matches_pil_counter_clockwise():
+    x = np.asarray(random_images((1, 32, 32, 1)))
+    got = A.affine_sample(jnp.asarray(x), A.rotation_matrix(30.0, (32, 32))[None], (32, 32))
+    want = np.asarray(Image.fromarray(x[0, :, :, 0], "F").rotate(30.0, Image.BILINEAR))
+    inner = (slice(8, 24), slice(8, 24))  # PIL treats the borders differently
+    np.testing.assert_allclose(np.asarray(got)[0, :, :, 0][inner], want[inner], atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_center_crop_is_resize_then_central_crop(sampler):
+    """28x28, 224 out, crop_pct 0.875: resize to 256 (= 224 / 0.875), take the central 224."""
+    x = random_images((3, 28, 28, 1))
+    m = jnp.broadcast_to(A.center_crop_matrix((28, 28), (224, 224), 0.875), (3, 2, 3))
+    got = sampler(x, m, (224, 224))
+    want = jax.image.resize(x, (3, 256, 256, 1), "bilinear", antialias=False)[:, 16:240, 16:240]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_center_crop_non_square_input_keeps_aspect():
+    """A 20x40 image to 112x112 with crop_pct 0.875: the shorter side becomes 128, width 256."""
+    x = random_images((1, 20, 40, 1))
+    got = A.affine_sample(x, A.center_crop_matrix((20, 40), (112, 112), 0.875)[None], (112, 112))
+    want = jax.image.resize(x, (1, 128, 256, 1), "bilinear")[:, 8:120, 72:184]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_compose_applies_right_to_left():
+    flip = A.hflip_matrix((8, 8))
+    shift = jnp.array([[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
+    p = jnp.array([1.0, 2.0, 1.0])
+    np.testing.assert_allclose(A.compose(shift, flip) @ p, shift @ jnp.append(flip @ p, 1.0))
+    np.testing.assert_allclose(A.compose(flip, flip), A.identity_matrix(), atol=1e-6)
+
+
+def boxes(key, n, in_hw, **kw):
+    return np.asarray(jax.jit(jax.vmap(lambda k: A.random_resized_crop_box(k, in_hw, **kw)))(
+        jax.random.split(key, n)))
+
+
+@pytest.mark.parametrize("in_hw", [(28, 28), (224, 224), (30, 50)])
+def test_random_resized_crop_boxes_lie_inside_with_area_in_scale(in_hw):
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    b = boxes(jax.random.key(0), 2000, in_hw, scale=scale, ratio=ratio)
+    top, left, h, w = b.T
+    assert (top >= 0).all() and (left >= 0).all() and (h > 0).all() and (w > 0).all()
+    assert (top + h <= in_hw[0]).all() and (left + w <= in_hw[1]).all()
+    frac = h * w / (in_hw[0] * in_hw[1])
+    # Sizes are rounded to whole pixels: allow half a pixel on each side.
+    slack = (h + w + 1) / 2 / (in_hw[0] * in_hw[1]) + 1e-6
+    assert (frac >= scale[0] - slack).all() and (frac <= scale[1] + slack).all()
+    assert frac.min() < 0.15 and frac.max() > 0.75  # the range is used (30x50: at most 0.8)
+    aspect = w / h
+    assert (aspect > 0.5).all() and (aspect < 2.0).all()
+    assert len({tuple(r) for r in b}) > 100
+
+
+def test_random_resized_crop_is_deterministic_per_key_and_keys_differ():
+    key = jax.random.key(3)
+    m1 = A.random_resized_crop_matrix(key, (28, 28), (224, 224))
+    m2 = A.random_resized_crop_matrix(key, (28, 28), (224, 224))
+    m3 = A.random_resized_crop_matrix(jax.random.key(4), (28, 28), (224, 224))
+    np.testing.assert_array_equal(m1, m2)
+    assert not np.array_equal(m1, m3)
+
+
+def test_random_resized_crop_falls_back_to_central_crop():
+    # No candidate can fit (area > image): torchvision falls back to the central crop.
+    b = boxes(jax.random.key(0), 5, (28, 28), scale=(2.0, 3.0))
+    np.testing.assert_array_equal(b, np.tile([0, 0, 28, 28], (5, 1)))
+    b = boxes(jax.random.key(0), 5, (20, 40), scale=(2.0, 3.0))  # too wide: cut to 4/3
+    np.testing.assert_array_equal(b, np.tile([0, 6, 20, 27], (5, 1)))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_random_resized_crop_matrix_samples_its_box(sampler):
+    """Inside the box it is crop-then-resize; in the outer half pixel of the box this samples
+    the real neighbouring pixels where crop-then-resize repeats the crop's edge pixels."""
+    x = random_images((1, 28, 28, 1))
+    key = jax.random.key(5)
+    top, left, h, w = (int(v) for v in A.random_resized_crop_box(key, (28, 28)))
+    got = sampler(x, A.random_resized_crop_matrix(key, (28, 28), (64, 64))[None], (64, 64))
+    want = jax.image.resize(x[:, top:top + h, left:left + w], (1, 64, 64, 1), "bilinear",
+                            antialias=False)  # a box of <= 28 px: upscaling
+    o = np.arange(64) + 0.5
+    rows = (o * h / 64 - 0.5 >= 0) & (o * h / 64 - 0.5 <= h - 1)
+    cols = (o * w / 64 - 0.5 >= 0) & (o * w / 64 - 0.5 <= w - 1)
+    assert rows.sum() > 50 and cols.sum() > 50
+    np.testing.assert_allclose(np.asarray(got)[:, rows][:, :, cols],
+                               np.asarray(want)[:, rows][:, :, cols], atol=1e-5, rtol=0)
+
+
+def test_axis_aligned_sampler_equals_gather_sampler():
+    x = random_images((16, 28, 28, 3))
+    opts = A.augment_options(dict(random_resized_crop=True, hflip=True))
+    m = jax.jit(lambda k: A.batch_matrices(k, 16, (28, 28), (96, 96), opts))(jax.random.key(0))
+    np.testing.assert_allclose(A.axis_aligned_sample(x, m, (96, 96)),
+                               A.affine_sample(x, m, (96, 96)), atol=1e-5, rtol=0)
+
+
+def test_samples_outside_the_image_are_zero():
+    x = jnp.ones((1, 8, 8, 1))
+    shift = jnp.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 4.0]]])  # look 4 columns to the right
+    got = np.asarray(A.affine_sample(x, shift, (8, 8)))[0, :, :, 0]
+    np.testing.assert_array_equal(got[:, :4], 1.0)
+    np.testing.assert_array_equal(got[:, 4:], 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Config and make_preprocess
+# --------------------------------------------------------------------------------------------
+
+
+def test_augment_options_none_without_keys_and_nested_form():
+    assert A.augment_options(default_config().data) is None
+    assert A.augment_options(data_config(rotation=0, hflip=False, eval_crop_pct=0.0)) is None
+    opts = A.augment_options(data_config(hflip=True))
+    assert opts["hflip"] and opts["rrc_scale"] == (0.08, 1.0) and opts["rotation"] == 0.0
+    nested = A.augment_options(data_config(augment=dict(rotation=10, rrc_scale=[0.5, 1])))
+    assert nested["rotation"] == 10.0 and nested["rrc_scale"] == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    dict(image_size=(224, 224), channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4)),
+    dict(image_size=(20, 20), crop_padding=2),
+    dict(channels=3, mean=(0.1, 0.1, 0.1), std=(0.3, 0.3, 0.3), crop_padding=4),
+])
+def test_preprocess_without_augment_keys_is_bit_identical_to_old_path(digits, fields):
+    data = data_config(**fields)
+    key = jax.random.key(1)
+    for k in (None, key):
+        new = make_preprocess(data)(jnp.asarray(digits), k)
+        old = old_preprocess(data)(jnp.asarray(digits), k)
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+def test_affine_eval_resize_matches_old_path_when_upscaling(digits):
+    fields = dict(image_size=(224, 224), channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    new = make_preprocess(data_config(hflip=True, rotation=15.0, **fields))(jnp.asarray(digits))
+    old = old_preprocess(data_config(**fields))(jnp.asarray(digits))
+    np.testing.assert_allclose(new, old, atol=1e-4, rtol=0)
+
+
+def test_affine_eval_center_crop(digits):
+    data = data_config(image_size=(224, 224), channels=3, eval_crop_pct=0.875,
+                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    got = make_preprocess(data)(jnp.asarray(digits[:4]))
+    x = jnp.asarray(digits[:4]).astype(jnp.float32) / 255.0
+    want = jax.image.resize(x, (4, 256, 256, 1), "bilinear")[:, 16:240, 16:240]
+    want = (jnp.repeat(want, 3, axis=-1) - 0.5) / 0.25
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_hflip_only_training_gives_resized_or_mirrored(digits):
+    data = data_config(image_size=(56, 56), hflip=True)
+    pre = make_preprocess(data)
+    plain = np.asarray(jax.jit(lambda b: pre(b, None))(jnp.asarray(digits)))
+    aug = np.asarray(jax.jit(pre)(jnp.asarray(digits), jax.random.key(0)))
+    same = np.isclose(aug, plain, atol=1e-5).all(axis=(1, 2, 3))
+    mirrored = np.isclose(aug, plain[:, :, ::-1], atol=1e-5).all(axis=(1, 2, 3))
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def test_jitted_transfer_preprocess_mnist_to_224_rgb(digits):
+    data = data_config(image_size=(224, 224), channels=3, mean=(0.485, 0.456, 0.406),
+                       std=(0.229, 0.224, 0.225), eval_crop_pct=0.875,
+                       random_resized_crop=True, rrc_scale=(0.25, 1.0), hflip=True, rotation=15.0)
+    pre = jax.jit(make_preprocess(data))
+    batch = jnp.asarray(np.concatenate([digits, digits[:36]]))  # (100, 28, 28, 1) uint8
+    assert batch.shape == (100, 28, 28, 1) and batch.dtype == jnp.uint8
+    train1 = pre(batch, jax.random.key(7))
+    train2 = pre(batch, jax.random.key(7))
+    train3 = pre(batch, jax.random.key(8))
+    evaluation = jax.jit(lambda b: make_preprocess(data)(b, None))(batch)
+    for out in (train1, evaluation):
+        assert out.shape == (100, 224, 224, 3) and out.dtype == jnp.float32
+        assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_array_equal(train1, train2)
+    assert not np.array_equal(train1, train3)
+    assert not np.allclose(train1, evaluation)
+    # Gray input becomes three equal channels before normalisation.
+    raw = np.asarray(train1) * np.array(data.std) + np.array(data.mean)
+    np.testing.assert_allclose(raw[..., 0], raw[..., 2], atol=1e-5)
+    # Duplicated images get different augmentations.
+    assert not np.allclose(train1[0], train1[64])
