@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn.config import ConfigError
+from jaxcnn.convert.store import is_converted, load_converted, model_config
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
 from jaxcnn.models import build_model
@@ -25,21 +26,28 @@ class Predictor:
 
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int]  # the stored images' (H, W, C), before device preprocessing
-    epoch: int
+    epoch: int | None  # None: converted weights
     probabilities: callable  # uint8 (N, H, W, C) -> (N, classes)
+    crop_pct: float | None = None  # ImageNet-style resize + centre crop (converted weights)
 
     def load(self, path: str | pathlib.Path, invert: bool = False) -> np.ndarray:
         """Reads a file as the training images were stored (size, channels); raises ImageError."""
-        image = load_image(path, self.input_shape[:2], self.input_shape[2])
+        image = load_image(path, self.input_shape[:2], self.input_shape[2], self.crop_pct)
         return 255 - image if invert else image
 
 
 def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:
-    """Restores the best checkpoint of `workdir` (or `epoch`) and its preprocessing.
+    """Restores the best checkpoint of `workdir` (or `epoch`) and its preprocessing; `workdir` may
+    also be weights converted by scripts/convert_weights.py (ImageNet classes, resize + centre crop).
 
     Raises:
       ConfigError: no checkpoints in `workdir`, or no checkpoint for `epoch`.
     """
+    if is_converted(workdir):
+        model, meta = load_converted(workdir)
+        channels, height, width = meta["input_size"]
+        return _predictor(model, model_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
+                          meta["crop_pct"])
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
         latest = checkpoints.latest_epoch()
@@ -59,10 +67,15 @@ def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Pre
     finally:
         checkpoints.close()
     model.eval()
+    return _predictor(model, config, tuple(meta["class_names"]), input_shape, epoch)
+
+
+def _predictor(model: nnx.Module, config: ml_collections.ConfigDict, class_names: tuple[str, ...],
+               input_shape: tuple[int, int, int], epoch: int | None, crop_pct: float | None = None) -> Predictor:
     graphdef, state = nnx.split(model)
     predict_fn = make_predict_fn(graphdef, make_preprocess(config.data))
-    return Predictor(tuple(meta["class_names"]), input_shape, epoch,
-                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))))
+    return Predictor(class_names, input_shape, epoch,
+                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop_pct)
 
 
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:

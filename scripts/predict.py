@@ -15,7 +15,8 @@ from jaxcnn.data.images import ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.report.plots import prediction_grid
 
-flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkpoint is used).")
+flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkpoint is used), or a directory "
+                    "of weights converted by scripts/convert_weights.py.")
 flags.DEFINE_integer("epoch", None, "Use this epoch's checkpoint instead of the best.")
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.")
 flags.DEFINE_bool("invert", False, "Invert gray levels first (dark digits on light paper -> MNIST's light on dark).")
@@ -46,7 +47,8 @@ def main(argv):
         if out:
             pred = probabilities.argmax(-1)
             prediction_grid(np.stack(images), pred, pred, predictor.class_names, out,
-                            f"predictions (checkpoint of epoch {predictor.epoch})")
+                            "predictions (" + (f"checkpoint of epoch {predictor.epoch})" if predictor.epoch
+                                               else "converted weights)"))
             print(f"annotated images: {out}")
     sys.exit(1 if failed else 0)
 

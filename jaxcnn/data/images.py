@@ -27,12 +27,13 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.stack([gray, alpha], axis=-1), "LA")
 
 
-def convert(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+def convert(image: Image.Image, size: tuple[int, int], channels: int, crop_pct: float | None = None) -> np.ndarray:
     """Converts a PIL image to uint8 (height, width, channels).
 
     The EXIF orientation is applied (photos); transparency is composited over black (the MNIST
     background); palette, CMYK and 16-bit images are converted first. Resizing uses bilinear
-    filtering with antialiasing.
+    filtering with antialiasing: to `size` directly, or with `crop_pct` as ImageNet evaluation
+    does (shorter side to height / crop_pct keeping the aspect ratio, then the central `size`).
     """
     image = _to_8bit(ImageOps.exif_transpose(image))
     if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
@@ -40,13 +41,21 @@ def convert(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndar
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     image = image.convert("L" if channels == 1 else "RGB")
     height, width = size
-    if image.size != (width, height):
+    if crop_pct:
+        short = round(height / crop_pct)
+        scale = short / min(image.size)
+        resized = (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale)))
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+        left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    elif image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return array[..., None] if channels == 1 else array
 
 
-def load_image(path: str | pathlib.Path, size: tuple[int, int], channels: int) -> np.ndarray:
+def load_image(path: str | pathlib.Path, size: tuple[int, int], channels: int,
+               crop_pct: float | None = None) -> np.ndarray:
     """Reads one image file (any format PIL reads) as uint8 (height, width, channels).
 
     Raises:
@@ -56,7 +65,7 @@ def load_image(path: str | pathlib.Path, size: tuple[int, int], channels: int) -
     try:
         with Image.open(path) as image:
             image.load()
-            return convert(image, size, channels)
+            return convert(image, size, channels, crop_pct)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:

@@ -9,8 +9,20 @@ import ml_collections
 from flax import nnx
 
 from jaxcnn.config import ConfigError
+from jaxcnn.models.alexnet import AlexNet
 from jaxcnn.models.lenet import LeNet5
 from jaxcnn.models.pooling import PoolingCNN
+from jaxcnn.models.resnet import ResNet
+
+DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
+
+
+def compute_dtype(cfg: ml_collections.ConfigDict):
+    """`model.dtype`: float32, or bfloat16 compute with float32 parameters."""
+    name = cfg.get("dtype", "float32")
+    if name not in DTYPES:
+        raise ConfigError(f"config model.dtype={name!r} is not valid; valid values: {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _lenet5(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
@@ -23,7 +35,20 @@ def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, 
                       cfg.activation, rngs=rngs)
 
 
-MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5, "pooling_cnn": _pooling_cnn}
+def _resnet(depth: int):
+    def build(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
+        return ResNet(num_classes, depth, input_shape[2], dtype=compute_dtype(cfg), rngs=rngs)
+
+    return build
+
+
+def _alexnet(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
+    return AlexNet(num_classes, input_shape[2], cfg.get("dropout", 0.5), dtype=compute_dtype(cfg), rngs=rngs)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5, "pooling_cnn": _pooling_cnn,
+                                                "resnet18": _resnet(18), "resnet34": _resnet(34),
+                                                "alexnet": _alexnet}
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int],

@@ -1,0 +1,136 @@
+"""Where converted weights come from: timm or torchvision models (pretrained download or a local file).
+
+    source = load_source("timm:resnet18.a1_in1k")                       # downloads via timm
+    source = load_source("torchvision:alexnet")                         # downloads via torchvision
+    source = load_source("timm:resnet18", checkpoint="r18.safetensors")  # offline file
+    source = load_source("torchvision:resnet18", pretrained=False)      # random init (tests)
+
+torch, timm and torchvision are imported here only (never TensorFlow: the two crash together).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from jaxcnn.config import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LIBRARIES = ("timm", "torchvision")
+
+
+@dataclasses.dataclass
+class Source:
+    """A PyTorch model's weights and what is needed to use them."""
+    source: str  # "timm:resnet18.a1_in1k"
+    architecture: str  # jaxcnn model name: resnet18 | resnet34 | alexnet
+    state_dict: dict[str, np.ndarray]
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W) as timm writes it
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    class_names: tuple[str, ...]
+    torch_model: Any = None  # the eval-mode PyTorch module (for parity checks)
+
+    def meta(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("state_dict", "torch_model")}
+
+
+def architecture_of(name: str) -> str:
+    base = name.split(".")[0]
+    for arch in ("resnet18", "resnet34", "alexnet"):
+        if base == arch or base.startswith(arch + "_") or base == "tv_" + arch:
+            return arch
+    raise ConfigError(f"--source model {name!r} is not supported; supported architectures: resnet18, resnet34 "
+                      "(timm or torchvision), alexnet (torchvision)")
+
+
+def _read_checkpoint(path: str | pathlib.Path) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one clear line
+        raise ConfigError(f"--checkpoint {path}: not a readable PyTorch/safetensors checkpoint "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _imagenet_names_timm() -> tuple[str, ...]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_description(i) for i in range(1000))
+
+
+def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = True) -> Source:
+    """Builds the PyTorch model of `spec` (`timm:NAME` or `torchvision:NAME`) with its weights.
+
+    Raises:
+      ConfigError: unknown library, model or architecture; unreadable checkpoint; weights that do
+        not fit the PyTorch model (its strict `load_state_dict` message).
+    """
+    library, _, name = spec.partition(":")
+    if library not in LIBRARIES or not name:
+        raise ConfigError(f"--source {spec!r}: expected LIBRARY:MODEL with LIBRARY one of {', '.join(LIBRARIES)} "
+                          "(e.g. timm:resnet18.a1_in1k, torchvision:alexnet)")
+    architecture = architecture_of(name)
+    download = pretrained and checkpoint is None
+    if library == "timm":
+        import timm
+
+        if architecture == "alexnet":
+            raise ConfigError("timm has no AlexNet; use --source torchvision:alexnet")
+        try:
+            model = timm.create_model(name, pretrained=download)
+        except RuntimeError as e:
+            raise ConfigError(f"--source {spec!r}: {str(e).splitlines()[0]}") from None
+        cfg = model.pretrained_cfg
+        input_size, mean, std = tuple(cfg.get("input_size", (3, 224, 224))), cfg["mean"], cfg["std"]
+        interpolation, crop_pct = cfg.get("interpolation", "bilinear"), float(cfg.get("crop_pct", 0.875))
+        num_classes = model.num_classes
+        names = _imagenet_names_timm() if num_classes == 1000 else tuple(str(i) for i in range(num_classes))
+    else:
+        import torchvision
+
+        if name not in torchvision.models.list_models():
+            raise ConfigError(f"--source {spec!r}: torchvision has no model {name!r}")
+        weights = torchvision.models.get_model_weights(name).DEFAULT if download else None
+        model = torchvision.models.get_model(name, weights=weights)
+        meta = weights.meta if weights is not None else torchvision.models.get_model_weights(name).DEFAULT.meta
+        transforms = (weights or torchvision.models.get_model_weights(name).DEFAULT).transforms()
+        crop = transforms.crop_size[0]
+        input_size, mean, std = (3, crop, crop), tuple(transforms.mean), tuple(transforms.std)
+        interpolation = transforms.interpolation.value
+        crop_pct = crop / transforms.resize_size[0]
+        names = tuple(meta["categories"])
+        num_classes = len(names)
+    if checkpoint is not None:
+        state = _read_checkpoint(checkpoint)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"--checkpoint {checkpoint} does not fit {spec}: {' '.join(str(e).split())}") from None
+    model.eval()
+    state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return Source(spec, architecture, state_dict, num_classes, tuple(int(x) for x in input_size),
+                  tuple(float(x) for x in mean), tuple(float(x) for x in std), str(interpolation), crop_pct,
+                  names, model)

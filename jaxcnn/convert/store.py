@@ -1,0 +1,75 @@
+"""Converted weights on disk: `OUT/weights` (Orbax, parameters and batch statistics) + `OUT/meta.json`.
+
+meta.json holds what rebuilds and feeds the model: source, architecture, num_classes, input_size
+(C, H, W), mean, std, interpolation, crop_pct, class_names.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxcnn.config import ConfigError, default_config
+from jaxcnn.models import build_model
+
+META_JSON = "meta.json"
+WEIGHTS = "weights"
+VARIABLES = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
+def is_converted(path: str | pathlib.Path) -> bool:
+    return (pathlib.Path(path) / META_JSON).is_file() and (pathlib.Path(path) / WEIGHTS).is_dir()
+
+
+def save_converted(out: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> None:
+    out = pathlib.Path(out).absolute()
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out / WEIGHTS, nnx.state(model, VARIABLES))
+    (out / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(path: str | pathlib.Path) -> dict[str, Any]:
+    path = pathlib.Path(path)
+    if not is_converted(path):
+        raise ConfigError(f"{path}: not a converted checkpoint (expected {WEIGHTS}/ and {META_JSON}; "
+                          "make one with scripts/convert_weights.py)")
+    return json.loads((path / META_JSON).read_text())
+
+
+def model_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A config whose model and data sections match the converted network (for building and predicting)."""
+    config = default_config()
+    config.model.name = meta["architecture"]
+    channels, height, width = meta["input_size"]
+    config.data.image_size, config.data.channels = (height, width), channels
+    config.data.mean, config.data.std = tuple(meta["mean"]), tuple(meta["std"])
+    return config
+
+
+def restore_into(path: str | pathlib.Path, model: nnx.Module) -> None:
+    """Loads the converted weights into `model` (same architecture and class count)."""
+    path = pathlib.Path(path).absolute()
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, VARIABLES))
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(path / WEIGHTS, target)
+    nnx.update(model, state)
+
+
+def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
+    """The converted model (eval mode) and its meta."""
+    meta = read_meta(path)
+    config = model_config(meta)
+    channels, height, width = meta["input_size"]
+    model = build_model(config.model, meta["num_classes"], (height, width, channels), 0)
+    restore_into(path, model)
+    model.eval()
+    return model, meta
