@@ -25,8 +25,10 @@ def init_metrics() -> jax.Array:
     return jnp.zeros(3, jnp.float32)
 
 
-def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess) -> Callable[[Carry, EpochData], Carry]:
-    """One optimisation step: gather batch `step` of the permutation, preprocess, update."""
+def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess,
+              wrt: nnx.filterlib.Filter = nnx.Param) -> Callable[[Carry, EpochData], Carry]:
+    """One optimisation step: gather batch `step` of the permutation, preprocess, update the
+    parameters `wrt` selects (the others get no gradient and stay as they are)."""
 
     def step(carry: Carry, data: EpochData) -> Carry:
         state, metrics, i = carry
@@ -40,7 +42,7 @@ def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess) -> Callable[[Carry
             logits = model(x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True, argnums=nnx.DiffState(0, wrt))(model)
         optimizer.update(model, grads)
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
         metrics = metrics + jnp.stack([loss * y.shape[0], correct, y.shape[0]]).astype(jnp.float32)
@@ -49,14 +51,15 @@ def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess) -> Callable[[Carry
     return step
 
 
-def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess, grouped: bool = False):
+def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess, grouped: bool = False,
+                   wrt: nnx.filterlib.Filter = nnx.Param):
     """Returns (`step_fn`, `epoch_fn`): a jitted single step (for the Python loop) and a jitted
     whole epoch (`lax.scan` over the permutation's rows). Both donate the carry.
 
     `grouped`: the carry's state and metrics and the data's permutation and key have a leading
     member axis; one `jax.vmap`-ed step updates every member (images, labels and the step are shared).
     """
-    step = make_step(graphdef, preprocess)
+    step = make_step(graphdef, preprocess, wrt)
     if grouped:
         step = jax.vmap(step, in_axes=((0, 0, None), (None, None, 0, 0)), out_axes=(0, 0, None))
 

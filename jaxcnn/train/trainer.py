@@ -19,6 +19,7 @@ from flax import nnx
 from jaxcnn.config import ConfigError, flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
+from jaxcnn.train import transfer
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
 from jaxcnn.train.steps import init_metrics, make_epoch_fns
 
@@ -77,12 +78,14 @@ class Trainer:
             raise ConfigError(f"train.batch_size={self.batch_size} is larger than the {self.num_examples} "
                               "training images")
         self.models, self.optimizers, self.schedules = [], [], []
+        self.wrt = transfer.trainable(config)
         for c in configs:
             model = build_model(c.model, num_classes, model_input_shape(c), c.seed)
+            transfer.prepare(model, c, num_classes)
             tx, schedule = make_optimizer(c.optim, self.steps, c.train.epochs)
             model.train()
             self.models.append(model)
-            self.optimizers.append(nnx.Optimizer(model, tx, wrt=nnx.Param))
+            self.optimizers.append(nnx.Optimizer(model, tx, wrt=self.wrt))
             self.schedules.append(schedule)
         self.preprocess = make_preprocess(config.data)
         self.images, self.labels = jax.device_put(images), jax.device_put(labels.astype(np.int32))
@@ -91,7 +94,7 @@ class Trainer:
         self.augment_keys = [jax.random.fold_in(k, 2) for k in seeds]
         self.loop = resolve_loop(loop or config.train.loop)
         graphdef, _ = nnx.split((self.models[0], self.optimizers[0]))
-        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1)
+        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1, wrt=self.wrt)
         # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
         self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])

@@ -1,0 +1,93 @@
+"""Transfer learning: start from converted ImageNet weights (`transfer.init`) and choose what trains.
+
+Modes (`transfer.mode`):
+- `finetune`: every parameter trains (from the converted weights, new head);
+- `frozen`: AlexNet trains all but `features` (the study); ResNet only `fc` (a fixed feature
+  extractor: its BatchNorm statistics stay as loaded, running averages are used);
+- `scratch`: every parameter trains from a random initialisation (no `init`).
+The optimizer holds state only for the trainable parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxcnn.config import ConfigError
+from jaxcnn.convert.store import VARIABLES, model_config, read_meta, restore_into
+from jaxcnn.models import build_model
+
+MODES = ("finetune", "frozen", "scratch")
+# Flax module-path prefixes of each architecture's classifier head (replaced for new classes).
+HEADS = {"resnet18": ("fc",), "resnet34": ("fc",), "alexnet": ("fcs", 2)}
+# What `frozen` keeps fixed: everything outside these paths is frozen.
+FROZEN_TRAINS = {"resnet18": "fc", "resnet34": "fc", "alexnet": "fcs"}
+
+
+def transfer_config(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(mode, init) of `config` ("finetune"/"" when it has no transfer section), checked."""
+    transfer = config.get("transfer")
+    if transfer is None:
+        return "finetune", ""
+    mode, init = transfer.mode, transfer.init
+    if mode not in MODES:
+        raise ConfigError(f"config transfer.mode={mode!r} is not valid; valid values: {', '.join(MODES)}")
+    if mode == "scratch" and init:
+        raise ConfigError(f"config transfer.mode='scratch' trains from random weights; remove init={init!r}")
+    if mode != "scratch" and not init:
+        raise ConfigError(f"config transfer.mode={mode!r} needs init=PATH (weights from scripts/convert_weights.py)")
+    if mode == "frozen" and config.model.name not in FROZEN_TRAINS:
+        raise ConfigError(f"config transfer.mode='frozen' is defined for {', '.join(FROZEN_TRAINS)}, "
+                          f"not model.name={config.model.name!r}")
+    return mode, init
+
+
+def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
+    """The nnx filter of the parameters that train."""
+    mode, _ = transfer_config(config)
+    if mode != "frozen":
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.PathContains(FROZEN_TRAINS[config.model.name]))
+
+
+def prepare(model: nnx.Module, config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """Loads `transfer.init` into `model` (a new head keeps its initialisation when the class count
+    differs) and sets up frozen BatchNorm for a frozen ResNet."""
+    mode, init = transfer_config(config)
+    if init:
+        load_init(model, init, config.model.name, num_classes)
+    if mode == "frozen" and hasattr(model, "frozen_backbone"):
+        model.frozen_backbone = True
+
+
+def load_init(model: nnx.Module, path: str, architecture: str, num_classes: int) -> None:
+    meta = read_meta(path)
+    if meta["architecture"] != architecture:
+        raise ConfigError(f"init={path} holds {meta['architecture']} weights ({meta['source']}), but "
+                          f"model.name={architecture!r}; convert {architecture} weights or change model.name")
+    channels, height, width = meta["input_size"]
+    source = build_model(model_config(meta).model, meta["num_classes"], (height, width, channels), 0)
+    restore_into(path, source)
+    head = HEADS[architecture]
+    loaded = {p: _array(v) for p, v in nnx.to_flat_state(nnx.state(source, VARIABLES))}
+    new = []
+    for path_, variable in nnx.to_flat_state(nnx.state(model, VARIABLES)):
+        current = _array(variable)
+        if num_classes != meta["num_classes"] and tuple(path_[:len(head)]) == head:
+            new.append((path_, current))  # fresh head for the new classes
+            continue
+        value = loaded[path_]
+        if value.shape != current.shape:
+            raise ConfigError(f"init={path}: {'.'.join(map(str, path_))} has shape {value.shape}, the model needs "
+                              f"{current.shape} (data.channels or model settings differ from the converted model)")
+        new.append((path_, value))
+    nnx.update(model, nnx.from_flat_state(new))
+
+
+def _array(variable):
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
+
+
+def count_trainable(model: nnx.Module, config: ml_collections.ConfigDict) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, trainable(config)))))
