@@ -141,3 +141,18 @@ def test_bad_transfer_settings_are_refused(converted):
         Trainer(small("resnet18_finetune", pathlib.Path("/nonexistent")), *args)
     with pytest.raises(ConfigError, match="transfer.mode='sideways' is not valid"):
         Trainer(cfgs.get_config("resnet18_finetune,transfer.mode=sideways,data=embedded"), *args)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    config = small("resnet18_scratch,model.dtype=bfloat16")
+    model = build_model(config.model, 10, (32, 32, 3), 0)
+    reference = build_model(small("resnet18_scratch").model, 10, (32, 32, 3), 0)
+    model.eval(), reference.eval()
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype("float32")}
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    logits, ref = model(x), reference(x)
+    assert logits.dtype == np.float32
+    # same weights, bf16 arithmetic: close to float32, but not equal
+    assert 0 < float(np.abs(np.asarray(logits) - np.asarray(ref)).max()) < 0.1 * float(np.abs(ref).max()) + 0.05
+    with pytest.raises(ConfigError, match="model.dtype='float16' is not valid; valid values: float32, bfloat16"):
+        build_model(small("resnet18_scratch,model.dtype=float16").model, 10, (32, 32, 3), 0)
