@@ -148,6 +148,18 @@ def torch_lenet(model_cfg: ml_collections.ConfigDict, num_classes: int, input_sh
         nn.Linear(16 * out_h * out_w, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, num_classes))
 
 
+def torch_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The PyTorch twin of the config's model: the study's LeNet-5, or torchvision ResNet/AlexNet."""
+    if config.model.name == "lenet5":
+        return torch_lenet(config.model, num_classes, model_input_shape(config))
+    if config.model.name in ("resnet18", "resnet34", "alexnet"):
+        import torchvision
+
+        return torchvision.models.get_model(config.model.name, weights=None, num_classes=num_classes)
+    raise ConfigError(f"the PyTorch reference covers model.name lenet5, resnet18, resnet34, alexnet; "
+                      f"not {config.model.name!r}")
+
+
 def _torch_optimizer(cfg: ml_collections.ConfigDict, params):
     """The config's optimizer at its base learning rate (schedules do not change the speed)."""
     import torch
@@ -164,13 +176,13 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
     """The study's PyTorch loop for `epochs` timed epochs, on `torch_device()` with all CPU threads.
 
     The data stay in host memory (uint8); every step slices its batch there, scales it to [0, 1]
-    and copies it to the device, then runs forward, backward and the optimizer step.
+    and copies it to the device, then runs forward, backward and the optimizer step. For the
+    224-px models, as jaxcnn does on the device, the batch is converted to the config's channels and
+    size (bilinear), normalised, and laid out channels-last; on CUDA it runs under bf16 autocast.
     """
     import torch
+    import torch.nn.functional as F
 
-    if images.shape[1:] != model_input_shape(config):
-        raise ConfigError(f"the PyTorch reference trains on the stored images ({images.shape[1:]}); "
-                          f"the config asks for {model_input_shape(config)}")
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(config.seed)
     device = torch_device()
@@ -180,7 +192,23 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
         raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(labels)} training images")
     host_x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     host_y = torch.from_numpy(labels).long()
-    model = torch_lenet(config.model, num_classes, model_input_shape(config)).to(device)
+    height, width, channels = model_input_shape(config)
+    big = config.model.name != "lenet5"
+    memory_format = torch.channels_last if big else torch.contiguous_format
+    model = torch_model(config, num_classes).to(device, memory_format=memory_format)
+    mean = torch.tensor(config.data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config.data.std, device=device).view(1, -1, 1, 1)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=big and device == "cuda")
+
+    def prepare(x):
+        if not big:  # the study's LeNet loop: [0, 1] pixels as they are
+            return x
+        if x.shape[1] != channels:
+            x = x.repeat(1, channels, 1, 1) if channels == 3 else x.mean(1, keepdim=True)
+        if x.shape[2:] != (height, width):
+            x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
+        return ((x - mean) / std).contiguous(memory_format=memory_format)
+
     optimizer = _torch_optimizer(config.optim, model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
@@ -192,10 +220,11 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
         perm = torch.randperm(len(labels), generator=generator)[: steps * batch_size].view(steps, batch_size)
         loss_sum = torch.zeros((), device=device)
         for idx in perm:
-            x = host_x[idx].float().div_(255.0).to(device)
+            x = prepare(host_x[idx].float().div_(255.0).to(device))
             y = host_y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with autocast:
+                loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()

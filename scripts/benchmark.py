@@ -1,8 +1,14 @@
-"""LeNet training speed on this backend: jaxcnn's epoch strategies beside the study's PyTorch loop.
+"""Training speed on this backend: jaxcnn's epoch strategies beside the study's PyTorch loop.
 
     python scripts/benchmark.py                           # configs/lenet.py:3, embedded MNIST subset
     python scripts/benchmark.py --repeat 15 --epochs 5    # 60,000 images per epoch
     python scripts/benchmark.py --config configs/lenet.py:0 --json bench.json
+
+ResNet-18 / AlexNet training steps at 224 px (stored MNIST digits resized on the device), beside the
+torchvision model (channels-last; bf16 autocast on CUDA):
+
+    python scripts/benchmark.py --config "configs/transfer.py:resnet18_scratch,data=embedded,data.max_train=64,\
+batch_size=16,data.random_resized_crop=False,data.hflip=False,data.eval_crop_pct=0" --epochs 2 --loop python
 
 The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is skipped.
 """

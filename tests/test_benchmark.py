@@ -53,3 +53,16 @@ def test_torch_reference():
     result = benchmark_torch(config, dataset.train_images, dataset.train_labels, EPOCHS, dataset.num_classes)
     assert result.method == TORCH_METHOD and result.compile_time_s is None
     check_result(result, 1000)
+
+
+def test_torch_reference_for_the_224px_models_resizes_like_jaxcnn():
+    pytest.importorskip("torchvision")
+    spec = importlib.util.spec_from_file_location("transfer_config", CONFIG_FILE.parent / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("resnet18_scratch,data=embedded,data.max_train=16,data.max_test=8,batch_size=8,"
+                               "data.image_size=[32,32],data.random_resized_crop=False,data.hflip=False")
+    dataset = training_set(config)
+    result = benchmark_torch(config, dataset.train_images, dataset.train_labels, 1, dataset.num_classes)
+    assert result.images_per_epoch == 16 and math.isfinite(result.train_losses[0])
+    assert result.train_losses[0] == pytest.approx(math.log(10), rel=0.5)  # a real 10-class loss
