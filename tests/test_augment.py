@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxcnn.config import default_config
 from jaxcnn.data import augment as A
-from jaxcnn.data.device import make_preprocess, random_crop
+from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.embedded import load_mnist5k
 
 
