@@ -13,7 +13,7 @@ from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.trainer import Trainer, group_key
 from tests.test_config import lenet
 
-SMALL = "data.max_train=400,data.max_test=200,epochs=2"
+SMALL = "data.max_train=300,data.max_test=100,epochs=2"
 
 
 def params_of(workdir, epoch):
@@ -34,14 +34,16 @@ def history(workdir):
 
 @pytest.mark.parametrize("loop_kind", ["python", "scan"])
 def test_group_equals_one_at_a_time(tmp_path, loop_kind):
-    # Adam/Tanh at two learning rates (variants 0 and 9), two seeds: four members, one program.
-    configs = [lenet.get_config(f"{v},{SMALL},seed={seed},train.loop={loop_kind}")
-               for v in ("0", "9") for seed in (0, 1)]
+    # Adam/Tanh at two learning rates (variants 0 and 9) and two seeds: one program (python loop: four
+    # members; scanned epoch: two, to keep the suite short).
+    members = [("0", 0), ("0", 1), ("9", 0), ("9", 1)] if loop_kind == "python" else [("0", 0), ("9", 1)]
+    configs = [lenet.get_config(f"{v},{SMALL},seed={seed},train.loop={loop_kind}") for v, seed in members]
     dataset = load_dataset(configs[0].data)
     names = [f"{c.variant}_s{c.seed}" for c in configs]
     grouped = loop.train_group(configs, [tmp_path / "g" / n for n in names], dataset, progress=False)
     single = [loop.train_and_evaluate(c, tmp_path / "s" / n, dataset, progress=False) for c, n in zip(configs, names)]
-    assert [s["group_size"] for s in grouped] == [4] * 4 and [s["group_size"] for s in single] == [1] * 4
+    n = len(configs)
+    assert [s["group_size"] for s in grouped] == [n] * n and [s["group_size"] for s in single] == [1] * n
     for n, g, s in zip(names, grouped, single):
         hg, hs = history(tmp_path / "g" / n), history(tmp_path / "s" / n)
         assert len(hg) == len(hs) == 2

@@ -137,7 +137,7 @@ MOCK_CIFAR = textwrap.dedent(r'''
     metadata, config, workdir = sys.argv[1:4]
     rng = np.random.default_rng(0)
     served = {}
-    for split, n in (("train", 300), ("test", 90)):
+    for split, n in (("train", 200), ("test", 60)):
         labels = rng.choice([0, 55, 58, 7], n)  # 7: a class outside the subset, dropped
         # class-dependent colour plus noise: learnable in a few steps
         palette = {0: (200, 40, 40), 55: (40, 200, 40), 58: (40, 40, 200), 7: (128, 128, 128)}
@@ -153,7 +153,7 @@ MOCK_CIFAR = textwrap.dedent(r'''
 
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata,
                                 as_dataset_fn=as_dataset_fn):
-        run_study(config, workdir, seeds=2, overrides="epochs=2,batch_size=25,model.hidden=8", progress=False)
+        run_study(config, workdir, seeds=2, overrides="epochs=1,batch_size=20,model.hidden=8", progress=False)
 ''')
 
 
