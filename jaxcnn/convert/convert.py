@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from jaxcnn.convert import ConversionError, load_torch_state
+from jaxcnn.convert import ConversionError, load_torch_state, torch_key
 from jaxcnn.convert.sources import Source, load_source
 from jaxcnn.convert.store import model_config, save_converted
-from jaxcnn.models import build_model
+from jaxcnn.models import HEADS, build_model
 from jaxcnn.models.alexnet import TORCH_NAMES as ALEXNET_NAMES
 
 TORCH_NAMES = {"alexnet": ALEXNET_NAMES}
-HEADS = {"resnet18": "fc.", "resnet34": "fc.", "alexnet": "classifier.6."}
 PARITY_TOLERANCE = 1e-4
 
 
@@ -23,8 +22,10 @@ def flax_model(source: Source, num_classes: int | None = None) -> nnx.Module:
     channels, height, width = meta["input_size"]
     classes = num_classes or source.num_classes
     model = build_model(model_config(meta).model, classes, (height, width, channels), 0)
-    keep = (HEADS[source.architecture],) if classes != source.num_classes else ()
-    load_torch_state(model, source.state_dict, TORCH_NAMES.get(source.architecture), keep_init=keep)
+    names = TORCH_NAMES.get(source.architecture)
+    head = torch_key((*HEADS[source.architecture], "bias"), names).removesuffix("bias")  # e.g. "classifier.6."
+    keep = (head,) if classes != source.num_classes else ()
+    load_torch_state(model, source.state_dict, names, keep_init=keep)
     model.eval()
     return model
 

@@ -14,6 +14,8 @@ from jaxcnn.models.lenet import LeNet5
 from jaxcnn.models.pooling import PoolingCNN
 from jaxcnn.models.resnet import ResNet
 
+# Module path of each transfer architecture's classifier head (replaced for a new class count).
+HEADS = {"resnet18": ("fc",), "resnet34": ("fc",), "alexnet": ("fcs", 2)}
 DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
 
 

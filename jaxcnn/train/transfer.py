@@ -16,11 +16,9 @@ from flax import nnx
 
 from jaxcnn.config import ConfigError
 from jaxcnn.convert.store import VARIABLES, model_config, read_meta, restore_into
-from jaxcnn.models import build_model
+from jaxcnn.models import HEADS, build_model
 
 MODES = ("finetune", "frozen", "scratch")
-# Flax module-path prefixes of each architecture's classifier head (replaced for new classes).
-HEADS = {"resnet18": ("fc",), "resnet34": ("fc",), "alexnet": ("fcs", 2)}
 # What `frozen` keeps fixed: everything outside these paths is frozen.
 FROZEN_TRAINS = {"resnet18": "fc", "resnet34": "fc", "alexnet": "fcs"}
 
