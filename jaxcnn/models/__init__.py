@@ -13,6 +13,7 @@ from jaxcnn.models.alexnet import AlexNet
 from jaxcnn.models.lenet import LeNet5
 from jaxcnn.models.pooling import PoolingCNN
 from jaxcnn.models.resnet import ResNet
+from jaxcnn.models.ssl_cnn import SSLCNN
 
 # Module path of each transfer architecture's classifier head (replaced for a new class count).
 HEADS = {"resnet18": ("fc",), "resnet34": ("fc",), "alexnet": ("fcs", 2)}
@@ -37,6 +38,12 @@ def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, 
                       cfg.activation, rngs=rngs)
 
 
+def _ssl_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
+    # widths/hidden/dropout exist only in configs made for this model; defaults otherwise.
+    return SSLCNN(num_classes, input_shape, cfg.get("widths", (16, 32, 64)), cfg.get("hidden", 128),
+                  cfg.get("dropout", 0.25), rngs=rngs)
+
+
 def _resnet(depth: int):
     def build(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
         return ResNet(num_classes, depth, input_shape[2], dtype=compute_dtype(cfg), rngs=rngs)
@@ -50,7 +57,7 @@ def _alexnet(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5, "pooling_cnn": _pooling_cnn,
                                                 "resnet18": _resnet(18), "resnet34": _resnet(34),
-                                                "alexnet": _alexnet}
+                                                "alexnet": _alexnet, "ssl_cnn": _ssl_cnn}
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int],

@@ -1,0 +1,83 @@
+"""The self-supervised study's base CNN: a conv trunk (saved/loaded by pretraining) and a dense head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from jaxcnn.config import ConfigError
+from jaxcnn.models.layers import pool
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+LEAKY_SLOPE = 0.1
+HEAD_DROPOUT = 0.5
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+    return nnx.leaky_relu(x, LEAKY_SLOPE)
+
+
+def check_widths(widths) -> tuple[int, ...]:
+    widths = tuple(widths) if isinstance(widths, Sequence) and not isinstance(widths, str) else widths
+    if (not isinstance(widths, tuple) or not widths
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
+        raise ConfigError(f"config model.widths={widths!r} must be a non-empty list of ints >= 1")
+    return widths
+
+
+class SSLTrunk(nnx.Module):
+    """Per width w: conv 3×3 pad 1 → BatchNorm → LeakyReLU(0.1) → max pool 2/2 (floor) → Dropout."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], dropout: float, *, rngs: nnx.Rngs):
+        ins = (in_channels, *widths[:-1])
+        self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+                               for i, o in zip(ins, widths)])
+        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+                             for o in widths])
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for conv, bn in zip(self.convs, self.bns):
+            x = self.dropout(pool(leaky_relu(bn(conv(x))), "max", 2))
+        return x
+
+
+class SSLCNN(nnx.Module):
+    """`trunk` (16/32/64 filters by default) → flatten → Dense(hidden) → LeakyReLU(0.1) → Dropout(0.5) → Dense.
+
+    Each block halves the map (floor), so 28×28 → 14 → 7 → 3 and 32×32 → 4; the first dense layer's
+    input size follows from the input shape. With the defaults, 10 classes and 28×28×1 inputs it has
+    98,666 parameters. `features(x)` is the trunk output (N, H/8, W/8, 64).
+    """
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
+                 widths: Sequence[int] = (16, 32, 64), hidden: int = 128, dropout: float = 0.25,
+                 *, rngs: nnx.Rngs):
+        widths = check_widths(widths)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"config model.dropout={dropout!r} must be a number in [0, 1)")
+        height, width, channels = input_shape
+        out_h, out_w = height, width
+        for _ in widths:
+            out_h, out_w = out_h // 2, out_w // 2
+        if out_h < 1 or out_w < 1:
+            raise ConfigError(f"SSLCNN with {len(widths)} blocks needs inputs of at least {2 ** len(widths)} px, "
+                              f"not data.image_size={height}×{width}")
+        self.trunk = SSLTrunk(channels, widths, dropout, rngs=rngs)
+        self.head1 = nnx.Linear(widths[-1] * out_h * out_w, hidden, rngs=rngs)
+        self.head_dropout = nnx.Dropout(HEAD_DROPOUT, rngs=rngs)
+        self.head2 = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """The trunk output: NHWC (N, H/8, W/8, widths[-1]) with the default three blocks."""
+        return self.trunk(x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.features(x)
+        x = self.head_dropout(leaky_relu(self.head1(x.reshape(x.shape[0], -1))))
+        return self.head2(x)
