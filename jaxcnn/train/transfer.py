@@ -15,8 +15,8 @@ import ml_collections
 from flax import nnx
 
 from jaxcnn.config import ConfigError
-from jaxcnn.convert.store import VARIABLES, model_config, read_meta, restore_into
-from jaxcnn.models import HEADS, build_model
+from jaxcnn.convert.store import VARIABLES, load_converted, read_meta
+from jaxcnn.models import HEADS
 
 MODES = ("finetune", "frozen", "scratch")
 # What `frozen` keeps fixed: everything outside these paths is frozen.
@@ -64,9 +64,7 @@ def load_init(model: nnx.Module, path: str, architecture: str, num_classes: int)
     if meta["architecture"] != architecture:
         raise ConfigError(f"init={path} holds {meta['architecture']} weights ({meta['source']}), but "
                           f"model.name={architecture!r}; convert {architecture} weights or change model.name")
-    channels, height, width = meta["input_size"]
-    source = build_model(model_config(meta).model, meta["num_classes"], (height, width, channels), 0)
-    restore_into(path, source)
+    source, _ = load_converted(path)
     head = HEADS[architecture]
     loaded = {p: _array(v) for p, v in nnx.to_flat_state(nnx.state(source, VARIABLES))}
     new = []
