@@ -202,6 +202,11 @@ COMMON_ALIASES = {
 SMOKE_FLAG = {"smoke": {"train.epochs": 2, "data.max_train": 1000, "data.max_test": 500}}
 
 
+def check_label_fraction(fraction: Any) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"config data.label_fraction={fraction!r} must be a number in (0, 1]")
+
+
 def _check_choice(value: Any, key: str, valid: tuple) -> None:
     if value not in valid:
         raise ConfigError(f"config {key}={value!r} is not valid; valid values: {', '.join(map(str, valid))}")
@@ -232,6 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config data.image_size={config.data.image_size!r} must be (height, width) > 0")
     if len(set(config.data.classes)) != len(config.data.classes):
         raise ConfigError(f"config data.classes={tuple(config.data.classes)} lists a class twice")
+    check_label_fraction(config.data.get("label_fraction", 1.0))
     for key in ("max_train", "max_test", "crop_padding"):
         _check_positive(config.data[key], f"data.{key}", allow_zero=True)
     _check_choice(config.optim.name, "optim.name", ("adam", "adamw", "sgd"))

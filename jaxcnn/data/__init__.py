@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxcnn.config import ConfigError
-from jaxcnn.data.dataset import Dataset, select_classes, truncate
+from jaxcnn.data.dataset import Dataset, label_subset, select_classes, truncate
 
 SOURCES = ("embedded", "tfds:NAME", "NAME (a TFDS dataset)", "folder:PATH")
 
@@ -33,4 +33,6 @@ def load_dataset(data: ml_collections.ConfigDict) -> Dataset:
         raise ConfigError(f"data.source={source!r} is not valid; valid sources: {', '.join(SOURCES)}")
     if data.classes:
         dataset = select_classes(dataset, data.classes)
-    return truncate(dataset, data.max_train, data.max_test)
+    dataset = truncate(dataset, data.max_train, data.max_test)
+    # Optional keys (configs/ssl_init.py): train on a labeled fraction of the training images.
+    return label_subset(dataset, data.get("label_fraction", 1.0), data.get("label_seed", 0))

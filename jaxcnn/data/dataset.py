@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcnn.config import ConfigError
+from jaxcnn.config import ConfigError, check_label_fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,3 +65,24 @@ def truncate(dataset: Dataset, max_train: int, max_test: int) -> Dataset:
         dataset,
         train_images=dataset.train_images[:n_train], train_labels=dataset.train_labels[:n_train],
         test_images=dataset.test_images[:n_test], test_labels=dataset.test_labels[:n_test])
+
+
+def label_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """Keeps a stratified random `fraction` of the training images (at least one per class), in
+    their original order; the test split is unchanged. The same `seed` picks the same images.
+
+    Raises:
+      ConfigError: `fraction` outside (0, 1].
+    """
+    check_label_fraction(fraction)
+    if fraction == 1:
+        return dataset
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(dataset.num_classes):
+        idx = np.flatnonzero(dataset.train_labels == c)
+        if len(idx):
+            keep.append(rng.choice(idx, max(1, round(fraction * len(idx))), replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return dataclasses.replace(dataset, train_images=dataset.train_images[keep],
+                               train_labels=dataset.train_labels[keep])

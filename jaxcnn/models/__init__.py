@@ -39,9 +39,9 @@ def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, 
 
 
 def _ssl_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    # widths/hidden/dropout exist only in configs made for this model; defaults otherwise.
+    # widths/hidden/dropout/probe exist only in configs made for this model; defaults otherwise.
     return SSLCNN(num_classes, input_shape, cfg.get("widths", (16, 32, 64)), cfg.get("hidden", 128),
-                  cfg.get("dropout", 0.25), rngs=rngs)
+                  cfg.get("dropout", 0.25), cfg.get("probe", False), rngs=rngs)
 
 
 def _resnet(depth: int):

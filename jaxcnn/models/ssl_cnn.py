@@ -39,14 +39,20 @@ class SSLTrunk(nnx.Module):
                              for o in widths])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, frozen: bool = False) -> jax.Array:
+        """`frozen`: a fixed feature extractor (BatchNorm running statistics, no dropout) in any mode."""
         for conv, bn in zip(self.convs, self.bns):
-            x = self.dropout(pool(leaky_relu(bn(conv(x))), "max", 2))
+            x = leaky_relu(bn(conv(x), use_running_average=True if frozen else None))
+            x = self.dropout(pool(x, "max", 2), deterministic=True if frozen else None)
         return x
 
 
 class SSLCNN(nnx.Module):
     """`trunk` (16/32/64 filters by default) → flatten → Dense(hidden) → LeakyReLU(0.1) → Dropout(0.5) → Dense.
+
+    `probe=True` makes a linear probe: the trunk is a fixed feature extractor (running BatchNorm
+    statistics, no dropout; train only `head`, see `jaxcnn.train.transfer.trainable`) and the head
+    is one Dense layer `head` on the flattened features.
 
     Each block halves the map (floor), so 28×28 → 14 → 7 → 3 and 32×32 → 4; the first dense layer's
     input size follows from the input shape. With the defaults, 10 classes and 28×28×1 inputs it has
@@ -55,7 +61,7 @@ class SSLCNN(nnx.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
                  widths: Sequence[int] = (16, 32, 64), hidden: int = 128, dropout: float = 0.25,
-                 *, rngs: nnx.Rngs):
+                 probe: bool = False, *, rngs: nnx.Rngs):
         widths = check_widths(widths)
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
@@ -68,16 +74,25 @@ class SSLCNN(nnx.Module):
         if out_h < 1 or out_w < 1:
             raise ConfigError(f"SSLCNN with {len(widths)} blocks needs inputs of at least {2 ** len(widths)} px, "
                               f"not data.image_size={height}×{width}")
+        if not isinstance(probe, bool):
+            raise ConfigError(f"config model.probe={probe!r} must be True or False")
+        self.probe = probe
         self.trunk = SSLTrunk(channels, widths, dropout, rngs=rngs)
-        self.head1 = nnx.Linear(widths[-1] * out_h * out_w, hidden, rngs=rngs)
-        self.head_dropout = nnx.Dropout(HEAD_DROPOUT, rngs=rngs)
-        self.head2 = nnx.Linear(hidden, num_classes, rngs=rngs)
+        features = widths[-1] * out_h * out_w
+        if probe:
+            self.head = nnx.Linear(features, num_classes, rngs=rngs)
+        else:
+            self.head1 = nnx.Linear(features, hidden, rngs=rngs)
+            self.head_dropout = nnx.Dropout(HEAD_DROPOUT, rngs=rngs)
+            self.head2 = nnx.Linear(hidden, num_classes, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """The trunk output: NHWC (N, H/8, W/8, widths[-1]) with the default three blocks."""
-        return self.trunk(x)
+        return self.trunk(x, frozen=self.probe)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)
+        if self.probe:
+            return self.head(x.reshape(x.shape[0], -1))
         x = self.head_dropout(leaky_relu(self.head1(x.reshape(x.shape[0], -1))))
         return self.head2(x)

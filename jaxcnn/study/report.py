@@ -30,10 +30,11 @@ PROJECTED_EPOCHS = 100
 
 # Per-run numbers copied from summary.json, in results.csv order.
 STAT_KEYS = ("final_test_accuracy", "best_test_accuracy", "best_epoch", "epochs", "final_train_accuracy",
-             "overfitting_gap", "test_loss_rise", "mean_epoch_time_s", "total_train_time_s", "compile_time_s")
+             "overfitting_gap", "test_loss_rise", "mean_epoch_time_s", "total_train_time_s", "compile_time_s",
+             "pretrain_time_s")
 RESULT_COLUMNS = ("variant", "seed", "status", "final_test_accuracy", "best_test_accuracy", "best_epoch", "epochs",
                   "final_train_accuracy", "overfitting_gap", "test_loss_rise", "mean_epoch_time_s",
-                  "total_train_time_s", "compile_time_s", "num_params", "group_size", "backend", "workdir", "message")
+                  "total_train_time_s", "compile_time_s", "pretrain_time_s", "num_params", "group_size", "backend", "workdir", "message")
 CURVE_PANELS = (("test_accuracy", "test accuracy"), ("test_loss", "test loss (cross-entropy)"),
                 ("train_accuracy", "train accuracy"), ("train_loss", "train loss (cross-entropy)"))
 
@@ -58,7 +59,8 @@ class _Run:
     confusion: np.ndarray | None
 
 
-def write_report(study_dir, title: str, runs: list[RunRecord], question: str = "") -> dict:
+def write_report(study_dir, title: str, runs: list[RunRecord], question: str = "",
+                 baselines: dict[str, str] | None = None) -> dict:
     """Write results.csv, report.md, curves.png and confusion_matrices.png into `study_dir`.
 
     Returns the per-variant aggregates: {"variants": {name: {"n", "seeds", "excluded",
@@ -66,6 +68,8 @@ def write_report(study_dir, title: str, runs: list[RunRecord], question: str = "
     "projected_100_epochs_s", "num_params", "group_size"}}, "ranking": [names, best first],
     "best": name, "runner_up": name, "distinguishable": bool, "comparisons": [...], "verdict": str}.
     Standard deviations are sample ones (ddof=1), None with fewer than 2 finished seeds.
+    `baselines` (variant -> its baseline variant, e.g. `configs/ssl_init.py`'s BASELINES) adds
+    "against_baseline": [{variant, baseline, difference, t, df, verdict, pretrain_time_s}] and its table.
     """
     if not runs:
         raise ValueError("write_report: no runs given")
@@ -87,7 +91,10 @@ def write_report(study_dir, title: str, runs: list[RunRecord], question: str = "
     head = next((c for c in comparisons if c["a"] == best and c["b"] == runner_up), None)
     result = {"variants": stats, "ranking": ranking, "best": best, "runner_up": runner_up,
               "distinguishable": bool(head and head["verdict"] == "exceeds"), "comparisons": comparisons,
-              "verdict": _verdict(ranking, stats, head)}
+              "verdict": _verdict(ranking, stats, head),
+              "against_baseline": [{**_compare(v, b, by_variant), "pretrain_time_s": stats[v]["pretrain_time_s_mean"]}
+                                   for v, b in (baselines or {}).items()
+                                   if v in variants and b in variants and stats[v]["n"] and stats[b]["n"]]}
 
     _write_results_csv(study_dir / "results.csv", study_dir, runs, {id(f.record): f for f in finished})
     curves = _plot_curves(study_dir / "curves.png", title, variants, by_variant)
@@ -385,6 +392,7 @@ def _markdown(title: str, question: str, runs: list[RunRecord], variants: list[s
         "epoch is then the group's wall time divided by the group size.", "",
     ]
     lines += _failed_section(runs)
+    lines += _baseline_section(result["against_baseline"])
     lines += _ranking_section(result, stats)
     lines += ["## Learning curves", ""]
     if curves:
@@ -421,6 +429,20 @@ def _failed_section(runs: list[RunRecord]) -> list[str]:
     for r in bad:
         history = read_history(pathlib.Path(r.workdir)) if pathlib.Path(r.workdir).is_dir() else []
         lines.append(f"| {_cell(r.variant)} | {r.seed} | {r.status} | {len(history)} | {_cell(r.message) or '–'} |")
+    return lines + [""]
+
+
+def _baseline_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Against the baseline", "",
+             "Each variant's mean final test accuracy minus its baseline's (points), Welch's t over seeds "
+             f"(|t| > {SPREAD_T:g}: the gain exceeds the seed spread), and the time its initialisation took "
+             "(pretraining, mean over seeds; 0 for none).", "",
+             "| variant | baseline | gain (points) | Welch t | verdict | pretraining time |", "|---|---|---|---|---|---|"]
+    for c in rows:
+        lines.append(f"| {_cell(c['a'])} | {_cell(c['b'])} | {100 * c['difference']:+.2f} | {_t_text(c['t'])} "
+                     f"| {VERDICT_TEXT[c['verdict']]} | {_num(c['pretrain_time_s'], '.1f', ' s')} |")
     return lines + [""]
 
 

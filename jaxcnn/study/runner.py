@@ -173,7 +173,7 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
         records.append(RunRecord(run.variant, run.seed, run.workdir, state if state != "pending" else "failed",
                                  message or ("not finished" if state == "pending" else "")))
     result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records,
-                          getattr(module, "QUESTION", ""))
+                          getattr(module, "QUESTION", ""), getattr(module, "BASELINES", None))
     result.update(wall_time_s=wall, trained=len(pending))
     log(f"trained {len(pending)} runs in {wall:.1f} s; report: {workdir / 'report.md'}")
     return result

@@ -241,7 +241,7 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
             continue
         summary = summarize(run.history, count_params(trainer.models[g]), run.compile_time)
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
-                       backend=jax.default_backend(), loop=trainer.loop, group_size=size)
+                       backend=jax.default_backend(), loop=trainer.loop, group_size=size, **trainer.init_info[g])
         title = f"{run.config.model.name} {run.config.variant} on {dataset.name}".replace("  ", " ")
         write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
                       dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)

@@ -19,6 +19,7 @@ from flax import nnx
 from jaxcnn.config import ConfigError, flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
+from jaxcnn.ssl import pretrain as ssl_pretrain
 from jaxcnn.train import transfer
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
 from jaxcnn.train.steps import init_metrics, make_epoch_fns
@@ -78,10 +79,12 @@ class Trainer:
             raise ConfigError(f"train.batch_size={self.batch_size} is larger than the {self.num_examples} "
                               "training images")
         self.models, self.optimizers, self.schedules = [], [], []
+        self.init_info: list[dict] = []  # per member: how it was initialised (pretrained trunk, time)
         self.wrt = transfer.trainable(config)
         for c in configs:
             model = build_model(c.model, num_classes, model_input_shape(c), c.seed)
             transfer.prepare(model, c, num_classes)
+            self.init_info.append(ssl_pretrain.prepare(model, c))
             tx, schedule = make_optimizer(c.optim, self.steps, c.train.epochs)
             model.train()
             self.models.append(model)

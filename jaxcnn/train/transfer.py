@@ -42,7 +42,9 @@ def transfer_config(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 
 def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
-    """The nnx filter of the parameters that train."""
+    """The nnx filter of the parameters that train (a linear probe, `model.probe`, trains only `head`)."""
+    if config.model.get("probe", False):
+        return nnx.All(nnx.Param, nnx.PathContains("head"))
     mode, _ = transfer_config(config)
     if mode != "frozen":
         return nnx.Param

@@ -1,0 +1,324 @@
+"""Self-supervised pretraining of the `ssl_cnn` trunk on unlabeled training images, and loading the
+result into the classifier.
+
+Methods (`ssl.method`):
+- `autoencoder`: encoder = the trunk, a mirrored decoder (nearest upsampling + conv 3×3 + BatchNorm +
+  LeakyReLU per block, then a 3×3 conv to the image channels); mean squared error against the
+  normalised input; `reconstructions.png` shows inputs next to their reconstructions.
+- `simclr`: two on-device augmented views per image (`jaxcnn.ssl.augment`), the trunk, a projection
+  MLP (Dense → ReLU → Dense) and the standard NT-Xent loss (`jaxcnn.ssl.simclr.nt_xent`).
+- `kmeans`: random 3×3 patches → per-patch brightness/contrast normalisation → ZCA whitening →
+  (spherical) k-means with k = the first conv's filters → the first conv's kernel and bias with the
+  whitening folded in (`jaxcnn.ssl.kmeans`); the rest of the trunk keeps the seed's random init.
+  `filters.png` shows the filters.
+- `random`: no pretraining (the baseline).
+
+Pretraining uses every training image without labels (`data.label_fraction` does not apply) and the
+run's seed. Unless `ssl.trunk` names a trunk, the result is cached under `ssl.pretrain_dir` in a folder
+named by the method and a hash of everything that shapes it (data, trunk, seed, method settings), so
+the fine-tuned and linear-probe runs and every label fraction share one pretraining per seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from jaxcnn.config import ConfigError
+from jaxcnn.data import load_dataset
+from jaxcnn.data.device import epoch_permutation, make_preprocess
+from jaxcnn.models import build_model
+from jaxcnn.models.ssl_cnn import BN_EPSILON, BN_MOMENTUM, leaky_relu
+from jaxcnn.ssl import augment, kmeans
+from jaxcnn.ssl.simclr import nt_xent
+from jaxcnn.ssl.trunk import is_trunk, load_trunk, save_trunk
+
+METHODS = ("random", "autoencoder", "simclr", "kmeans")
+# ssl.* keys each method reads (they, the data, the trunk and the seed name the cached trunk).
+METHOD_KEYS = {
+    "autoencoder": ("epochs", "batch_size", "learning_rate"),
+    "simclr": ("epochs", "batch_size", "learning_rate", "temperature", "proj_hidden", "proj_dim", "crop_scale",
+               "hflip", "jitter", "jitter_prob", "gray_prob", "blur"),
+    "kmeans": ("kmeans_patches", "kmeans_iterations", "spherical", "whitening_eps"),
+}
+DATA_KEYS = ("source", "dir", "train_split", "classes", "image_size", "channels", "mean", "std", "max_train")
+PATCH = 3  # the trunk's first conv is 3×3
+
+
+class Decoder(nnx.Module):
+    """The trunk mirrored: per block (deepest first) nearest upsampling to the encoder's size at that
+    depth, conv 3×3, BatchNorm, LeakyReLU(0.1); then a 3×3 conv to the image's channels."""
+
+    def __init__(self, widths, channels: int, *, rngs: nnx.Rngs):
+        ins = tuple(reversed(widths))
+        outs = (*ins[1:], widths[0])
+        self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs) for i, o in zip(ins, outs)])
+        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs) for o in outs])
+        self.out = nnx.Conv(widths[0], channels, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+
+    def __call__(self, z: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
+        sizes = [image_hw]
+        for _ in range(len(self.convs) - 1):
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        for conv, bn, (h, w) in zip(self.convs, self.bns, reversed(sizes)):
+            z = jax.image.resize(z, (z.shape[0], h, w, z.shape[-1]), "nearest")
+            z = leaky_relu(bn(conv(z)))
+        return self.out(z)
+
+
+class Autoencoder(nnx.Module):
+    def __init__(self, trunk: nnx.Module, widths, channels: int, *, rngs: nnx.Rngs):
+        self.trunk = trunk
+        self.decoder = Decoder(widths, channels, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.decoder(self.trunk(x), x.shape[1:3])
+
+
+class SimCLR(nnx.Module):
+    """Trunk → flatten → Dense(proj_hidden) → ReLU → Dense(proj_dim): the embedding NT-Xent compares."""
+
+    def __init__(self, trunk: nnx.Module, features: int, hidden: int, dim: int, *, rngs: nnx.Rngs):
+        self.trunk = trunk
+        self.proj1 = nnx.Linear(features, hidden, rngs=rngs)
+        self.proj2 = nnx.Linear(hidden, dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        f = self.trunk(x)
+        return self.proj2(nnx.relu(self.proj1(f.reshape(f.shape[0], -1))))
+
+
+def check_method(config: ml_collections.ConfigDict) -> str:
+    method = config.ssl.method
+    if method not in METHODS:
+        raise ConfigError(f"config ssl.method={method!r} is not valid; valid values: {', '.join(METHODS)}")
+    if method != "random" and config.model.name != "ssl_cnn":
+        raise ConfigError(f"config ssl.method={method!r} pretrains the trunk of model.name='ssl_cnn', "
+                          f"not {config.model.name!r}")
+    return method
+
+
+def pretrain_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Everything that shapes a pretrained trunk (what the cache is keyed by)."""
+    method = check_method(config)
+    settings = {"method": method, "seed": config.seed,
+                "data": {k: config.data[k] for k in DATA_KEYS},
+                "model": {"widths": config.model.get("widths", (16, 32, 64)),
+                          "dropout": config.model.get("dropout", 0.25)},
+                "ssl": {k: config.ssl[k] for k in METHOD_KEYS.get(method, ())}}
+    return json.loads(json.dumps(settings))
+
+
+def cached_trunk_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
+    settings = pretrain_settings(config)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return pathlib.Path(config.ssl.pretrain_dir) / f"{settings['method']}-seed{config.seed}-{digest}"
+
+
+def prepare(model: nnx.Module, config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, Any]:
+    """Initialises `model`'s trunk as `config.ssl` says (pretraining first if no trunk is cached);
+    returns what the run summary records: init, pretrain_time_s, trunk. {} for configs without `ssl`."""
+    if config.get("ssl") is None:
+        return {}
+    method = check_method(config)
+    if method == "random":
+        if config.ssl.trunk:
+            raise ConfigError(f"config ssl.method='random' trains from random weights; remove "
+                              f"ssl.trunk={config.ssl.trunk!r} or set ssl.method to the trunk's method")
+        return {"init": "random", "pretrain_time_s": 0.0}
+    path = pathlib.Path(config.ssl.trunk) if config.ssl.trunk else cached_trunk_dir(config)
+    if not config.ssl.trunk and not is_trunk(path):
+        pretrain(config, path, progress=progress)
+    meta = load_trunk(model, path)
+    if meta.get("method") != method:
+        raise ConfigError(f"ssl.trunk={str(path)!r} was pretrained with method {meta.get('method')!r}, "
+                          f"not ssl.method={method!r}; set ssl.method={meta.get('method')!r} or use another trunk")
+    return {"init": method, "pretrain_time_s": meta["pretrain_time_s"], "trunk": str(path)}
+
+
+def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progress: bool = True) -> dict[str, Any]:
+    """Pretrains the trunk of `config`'s model with `config.ssl.method` on all training images
+    (labels unused) and saves it to `out` with meta.json and the method's figure. Returns the meta."""
+    method = check_method(config)
+    if method == "random":
+        raise ConfigError("config ssl.method='random' has nothing to pretrain; choose autoencoder, simclr or kmeans")
+    out = pathlib.Path(out)
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    if "label_fraction" in data:
+        data.label_fraction = 1.0  # pretraining sees every training image, without labels
+    dataset = load_dataset(data)
+    shape = (*config.data.image_size, config.data.channels)
+    model = build_model(config.model, dataset.num_classes, shape, config.seed)
+    trunk = model.trunk
+    t0 = time.perf_counter()
+    key = jax.random.key(config.seed)
+    if method == "kmeans":
+        losses, figure = _kmeans_init(trunk, dataset.train_images, config, key)
+    else:
+        losses, figure = _train_trunk(method, trunk, dataset.train_images, config, key, progress)
+    seconds = time.perf_counter() - t0
+    meta = {"method": method, "pretrain_time_s": seconds, "num_images": int(len(dataset.train_images)),
+            "dataset": dataset.name, "image_size": list(config.data.image_size), "losses": losses,
+            "backend": jax.default_backend(), "settings": pretrain_settings(config)}
+    save_trunk(out, trunk, meta)
+    figure(out)
+    return meta
+
+
+def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict,
+                 key: jax.Array, progress: bool):
+    ssl = config.ssl
+    n, batch = len(images), ssl.batch_size
+    if batch < 2 or batch > n:
+        raise ConfigError(f"config ssl.batch_size={batch} must be between 2 and the {n} training images of "
+                          f"data.source={config.data.source!r}")
+    widths = [int(c.out_features) for c in trunk.convs]
+    rngs = nnx.Rngs(params=jax.random.fold_in(key, 1))
+    preprocess = make_preprocess(config.data)
+    mean = jnp.asarray(config.data.mean, jnp.float32)
+    std = jnp.asarray(config.data.std, jnp.float32)
+    if method == "autoencoder":
+        model = Autoencoder(trunk, widths, config.data.channels, rngs=rngs)
+
+        def objective(model, batch_images, key):
+            x = preprocess(batch_images)
+            return jnp.mean((model(x) - x) ** 2)
+    else:
+        try:
+            opts = augment.check_options({k: ssl[k] for k in ("crop_scale", "hflip", "jitter", "jitter_prob",
+                                                              "gray_prob", "blur")})
+        except ValueError as e:
+            raise ConfigError(f"config ssl: {e}") from None
+        h, w = config.data.image_size
+        features = trunk(jnp.zeros((1, h, w, config.data.channels))).size
+        model = SimCLR(trunk, features, ssl.proj_hidden, ssl.proj_dim, rngs=rngs)
+
+        def objective(model, batch_images, key):
+            x = preprocess(batch_images) * std + mean  # [0, 1] at the model's size and channels
+            v1, v2 = augment.simclr_views(key, x, opts)
+            z = model((jnp.concatenate([v1, v2]) - mean) / std)  # both views in one BatchNorm batch
+            return nt_xent(z[:len(x)], z[len(x):], ssl.temperature)
+
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.adam(ssl.learning_rate), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+
+    @jax.jit
+    def step(state, images, idx, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(objective)(model, images[idx], key)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss
+
+    images = jax.device_put(images)
+    steps = n // batch
+    losses = []
+    bar = tqdm(total=ssl.epochs * steps, unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        for epoch in range(1, ssl.epochs + 1):
+            bar.set_description(f"pretrain {method} (seed {config.seed}): epoch {epoch}/{ssl.epochs}")
+            perm = epoch_permutation(jax.random.fold_in(key, 2), epoch, n, batch)
+            epoch_key = jax.random.fold_in(jax.random.fold_in(key, 3), epoch)
+            total = jnp.float32(0)
+            for i in range(steps):
+                state, loss = step(state, images, perm[i], jax.random.fold_in(epoch_key, i))
+                total = total + loss
+                bar.update()
+            losses.append(float(total) / steps)
+            if not np.isfinite(losses[-1]):
+                raise ConfigError(f"pretraining {method}: the loss became {losses[-1]} in epoch {epoch}; "
+                                  f"lower ssl.learning_rate (now {ssl.learning_rate})")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        bar.close()
+    nnx.update((model, optimizer), state)
+    if method == "autoencoder":
+        model.eval()
+        x = preprocess(images[:8])
+        inputs, recon = np.asarray(x * std + mean), np.asarray(model(x) * std + mean)
+        return losses, lambda out: _reconstruction_png(out / "reconstructions.png", inputs, recon)
+    return losses, lambda out: _loss_png(out / "pretrain_loss.png", losses, "NT-Xent")
+
+
+def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array):
+    """Sets the trunk's first conv from k-means on whitened patches; returns ([], figure writer)."""
+    ssl = config.ssl
+    channels = config.data.channels
+    preprocess = jax.jit(make_preprocess(config.data))
+    x = jnp.concatenate([preprocess(jnp.asarray(images[i:i + 1000])) for i in range(0, len(images), 1000)])
+    patches = kmeans.extract_patches(jax.random.fold_in(key, 1), x, PATCH, ssl.kmeans_patches)
+    # Flat patches (background) carry no structure: drop them before normalising.
+    eps = kmeans.NORM_EPS_UNIT / float(np.mean(config.data.std)) ** 2
+    patches = patches[np.asarray(patches.var(axis=1) > eps)]
+    if len(patches) < 10 * trunk.convs[0].out_features:
+        raise ConfigError(f"k-means found only {len(patches)} non-flat {PATCH}×{PATCH} patches in "
+                          f"{len(images)} images; raise ssl.kmeans_patches (now {ssl.kmeans_patches})")
+    patches = kmeans.normalize_patches(patches, eps)
+    mean, whitening = kmeans.zca_whitening(patches, ssl.whitening_eps)
+    white = kmeans.whiten(patches, mean, whitening)
+    k = int(trunk.convs[0].out_features)
+    fit = kmeans.spherical_kmeans if ssl.spherical else kmeans.kmeans
+    centroids, _ = fit(jax.random.fold_in(key, 2), white, k, ssl.kmeans_iterations)
+    kernel, bias = kmeans.filters_from_kmeans(centroids, mean, whitening, PATCH, channels)
+    trunk.convs[0].kernel.value = kernel
+    trunk.convs[0].bias.value = bias
+    return [], lambda out: _filters_png(out / "filters.png", np.asarray(kernel))
+
+
+def _figure(n_rows: int, n_cols: int, size: float = 1.0):
+    from jaxcnn.report.plots import plt
+
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size, n_rows * size), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def _show(ax, image: np.ndarray, title: str = "") -> None:
+    image = np.clip(image, 0, 1)
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+
+
+def _reconstruction_png(path: pathlib.Path, inputs: np.ndarray, recon: np.ndarray) -> None:
+    from jaxcnn.report.plots import save_figure
+
+    fig, axes = _figure(2, len(inputs))
+    for j in range(len(inputs)):
+        _show(axes[0, j], inputs[j], "input" if j == 0 else "")
+        _show(axes[1, j], recon[j], "reconstruction" if j == 0 else "")
+    save_figure(fig, path)
+
+
+def _filters_png(path: pathlib.Path, kernel: np.ndarray) -> None:
+    """One panel per filter (HWIO kernel), each scaled to its own min..max."""
+    from jaxcnn.report.plots import save_figure
+
+    k = kernel.shape[-1]
+    cols = min(k, 8)
+    fig, axes = _figure(-(-k // cols), cols, 0.8)
+    for j in range(k):
+        f = kernel[..., j]
+        _show(axes.flat[j], (f - f.min()) / max(float(f.max() - f.min()), 1e-12), str(j))
+    save_figure(fig, path)
+
+
+def _loss_png(path: pathlib.Path, losses: list[float], name: str) -> None:
+    from jaxcnn.report.plots import plt, save_figure, style_epoch_axis
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.set(xlabel="epoch", ylabel=name, title=f"pretraining loss ({name})")
+    style_epoch_axis(ax)
+    save_figure(fig, path)
