@@ -150,6 +150,7 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.variant = ""
     config.seed = 0
+    config.mesh = 0  # devices to train on (data parallel, batch split over them); 0 = all
     config.data = ml_collections.ConfigDict(dict(
         # `embedded` (5,000 real MNIST digits, offline), `tfds:NAME` or `NAME` (TFDS), `folder:PATH`.
         source="embedded",
@@ -166,7 +167,8 @@ def default_config() -> ml_collections.ConfigDict:
         crop_padding=0,  # train augmentation: random crop after zero-padding by this many pixels
     ))
     config.model = ml_collections.ConfigDict(dict(
-        name="lenet5", activation="relu", pooling="avg", extra_conv_layers=0))
+        name="lenet5", activation="relu", pooling="avg", extra_conv_layers=0,
+        dtype="float32"))  # or bfloat16: bf16 compute, float32 parameters and logits (every model)
     config.optim = ml_collections.ConfigDict(dict(
         name="adam",  # adam | adamw | sgd
         learning_rate=1e-3,

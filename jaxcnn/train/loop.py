@@ -21,12 +21,13 @@ from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.data.device import pad_for_eval
 from jaxcnn.models import count_params
 from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
+from jaxcnn.train import sharding
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
-RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop")
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -170,14 +171,15 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
     for run, model, optimizer in zip(runs, trainer.models, trainer.optimizers):
         run.restore(model, optimizer)
 
-    test_x, test_y, test_mask = map(jax.device_put, pad_for_eval(
-        dataset.test_images, dataset.test_labels, config.train.eval_batch_size))
+    test_x, test_y, test_mask = sharding.put(pad_for_eval(
+        dataset.test_images, dataset.test_labels, config.train.eval_batch_size), trainer.replicated)
     for model in trainer.models:
         model.eval()
     eval_graphdef, _ = nnx.split(trainer.model)
     model_states = lambda: trainer.stacked([nnx.state(m) for m in trainer.models])
     t0 = time.perf_counter()
-    eval_fn = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size, grouped=size > 1)
+    eval_fn = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size, grouped=size > 1,
+                           constrain=trainer.constrain)
     eval_fn = eval_fn.lower(model_states(), test_x, test_y, test_mask).compile()
     for model in trainer.models:
         model.train()

@@ -25,17 +25,18 @@ def init_metrics() -> jax.Array:
     return jnp.zeros(3, jnp.float32)
 
 
-def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess,
-              wrt: nnx.filterlib.Filter = nnx.Param) -> Callable[[Carry, EpochData], Carry]:
+def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess, wrt: nnx.filterlib.Filter = nnx.Param,
+              constrain: Callable[[jax.Array], jax.Array] = lambda x: x) -> Callable[[Carry, EpochData], Carry]:
     """One optimisation step: gather batch `step` of the permutation, preprocess, update the
-    parameters `wrt` selects (the others get no gradient and stay as they are)."""
+    parameters `wrt` selects (the others get no gradient and stay as they are). `constrain` places
+    the batch (`jaxcnn.train.sharding.shard_batch`: split over the devices of the mesh)."""
 
     def step(carry: Carry, data: EpochData) -> Carry:
         state, metrics, i = carry
         images, labels, perm, key = data
         idx = perm[i]
-        x = preprocess(images[idx], jax.random.fold_in(key, i))
-        y = labels[idx]
+        x = constrain(preprocess(images[idx], jax.random.fold_in(key, i)))
+        y = constrain(labels[idx])
         model, optimizer = nnx.merge(graphdef, state)
 
         def loss_fn(model):
@@ -52,14 +53,14 @@ def make_step(graphdef: nnx.GraphDef, preprocess: Preprocess,
 
 
 def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess, grouped: bool = False,
-                   wrt: nnx.filterlib.Filter = nnx.Param):
+                   wrt: nnx.filterlib.Filter = nnx.Param, constrain: Callable[[jax.Array], jax.Array] = lambda x: x):
     """Returns (`step_fn`, `epoch_fn`): a jitted single step (for the Python loop) and a jitted
     whole epoch (`lax.scan` over the permutation's rows). Both donate the carry.
 
     `grouped`: the carry's state and metrics and the data's permutation and key have a leading
     member axis; one `jax.vmap`-ed step updates every member (images, labels and the step are shared).
     """
-    step = make_step(graphdef, preprocess, wrt)
+    step = make_step(graphdef, preprocess, wrt, constrain)
     if grouped:
         step = jax.vmap(step, in_axes=((0, 0, None), (None, None, 0, 0)), out_axes=(0, 0, None))
 
@@ -70,7 +71,8 @@ def make_epoch_fns(graphdef: nnx.GraphDef, preprocess: Preprocess, grouped: bool
     return jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0)
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int, grouped: bool = False):
+def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int, grouped: bool = False,
+                 constrain: Callable[[jax.Array], jax.Array] = lambda x: x):
     """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions)`
     over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out.
     `grouped`: the state has a leading member axis, and so do the results."""
@@ -80,7 +82,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int
 
         def batch(args):
             x, y, m = args
-            logits = model(preprocess(x))
+            logits = model(constrain(preprocess(x)))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             pred = jnp.argmax(logits, -1)
             return jnp.sum(loss * m), jnp.sum((pred == y) * m), pred

@@ -20,7 +20,7 @@ from jaxcnn.config import ConfigError, flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain as ssl_pretrain
-from jaxcnn.train import transfer
+from jaxcnn.train import sharding, transfer
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
 from jaxcnn.train.steps import init_metrics, make_epoch_fns
 
@@ -75,6 +75,10 @@ class Trainer:
         self.batch_size = config.train.batch_size
         self.num_examples = len(labels)
         self.steps = self.num_examples // self.batch_size
+        self.mesh = sharding.make_mesh(config.get("mesh", 0))
+        sharding.check_batch(self.batch_size, self.mesh, "train.batch_size")
+        sharding.check_batch(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+        self.replicated = sharding.replicated(self.mesh)
         if self.steps < 1:
             raise ConfigError(f"train.batch_size={self.batch_size} is larger than the {self.num_examples} "
                               "training images")
@@ -91,13 +95,15 @@ class Trainer:
             self.optimizers.append(nnx.Optimizer(model, tx, wrt=self.wrt))
             self.schedules.append(schedule)
         self.preprocess = make_preprocess(config.data)
-        self.images, self.labels = jax.device_put(images), jax.device_put(labels.astype(np.int32))
+        self.images, self.labels = sharding.put((images, labels.astype(np.int32)), self.replicated)
         seeds = [jax.random.key(c.seed) for c in configs]
         self.shuffle_keys = [jax.random.fold_in(k, 1) for k in seeds]
         self.augment_keys = [jax.random.fold_in(k, 2) for k in seeds]
         self.loop = resolve_loop(loop or config.train.loop)
         graphdef, _ = nnx.split((self.models[0], self.optimizers[0]))
-        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1, wrt=self.wrt)
+        self.constrain = sharding.shard_batch(self.mesh)
+        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1, wrt=self.wrt,
+                                           constrain=self.constrain)
         # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
         self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
@@ -115,22 +121,27 @@ class Trainer:
         return self.optimizers[0]
 
     def stacked(self, states: list):
-        """Members' states (or parts of them) stacked on a leading axis; a single member's as it is."""
-        return states[0] if self.size == 1 else self._stack(states)
+        """Members' states (or parts of them) stacked on a leading axis (a single member's as it is),
+        replicated over the mesh."""
+        return sharding.put(states[0] if self.size == 1 else self._stack(states), self.replicated)
 
     def _state(self):
         return self.stacked([nnx.state(pair) for pair in zip(self.models, self.optimizers)])
 
     def _metrics(self) -> jax.Array:
-        return init_metrics() if self.size == 1 else jnp.zeros((self.size, 3), jnp.float32)
+        metrics = init_metrics() if self.size == 1 else jnp.zeros((self.size, 3), jnp.float32)
+        return sharding.put(metrics, self.replicated)
 
     def _epoch_data(self, epoch: int):
         """Same shuffle and augmentation keys for an epoch however the run got there (resume)."""
         perms = [epoch_permutation(k, epoch, self.num_examples, self.batch_size) for k in self.shuffle_keys]
         keys = [jax.random.fold_in(k, epoch) for k in self.augment_keys]
         if self.size == 1:
-            return self.images, self.labels, perms[0], keys[0]
-        return self.images, self.labels, jnp.stack(perms), jnp.stack(keys)
+            perm, key = perms[0], keys[0]
+        else:
+            perm, key = jnp.stack(perms), jnp.stack(keys)
+        perm = sharding.put(perm, sharding.batch_sharding(self.mesh, leading=perm.ndim - 1))
+        return self.images, self.labels, perm, sharding.put(key, self.replicated)
 
     def train_epoch(self, epoch: int, progress: Progress | None = None, every: int = 20) -> np.ndarray:
         """Trains one epoch in place; returns [loss_sum, correct, count] per member, (members, 3), on the host.
