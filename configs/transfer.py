@@ -48,7 +48,6 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     import ml_collections
 
     config = default_config()
-    config.model.dtype = "float32"  # or bfloat16 (compute; parameters stay float32)
     config.model.dropout = 0.5  # AlexNet's classifier dropout
     config.data.channels = 3
     config.data.image_size = (224, 224)

@@ -29,19 +29,20 @@ def compute_dtype(cfg: ml_collections.ConfigDict):
 
 
 def _lenet5(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers, rngs=rngs)
+    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers,
+                  dtype=compute_dtype(cfg), rngs=rngs)
 
 
 def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
     # hidden/first_stride exist only in configs made for this model (configs/pooling.py); defaults otherwise.
     return PoolingCNN(num_classes, input_shape, cfg.get("hidden", 32), cfg.pooling, cfg.get("first_stride", 1),
-                      cfg.activation, rngs=rngs)
+                      cfg.activation, dtype=compute_dtype(cfg), rngs=rngs)
 
 
 def _ssl_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
     # widths/hidden/dropout/probe exist only in configs made for this model; defaults otherwise.
     return SSLCNN(num_classes, input_shape, cfg.get("widths", (16, 32, 64)), cfg.get("hidden", 128),
-                  cfg.get("dropout", 0.25), cfg.get("probe", False), rngs=rngs)
+                  cfg.get("dropout", 0.25), cfg.get("probe", False), dtype=compute_dtype(cfg), rngs=rngs)
 
 
 def _resnet(depth: int):

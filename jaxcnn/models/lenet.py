@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.config import ConfigError
@@ -11,11 +12,12 @@ from jaxcnn.models.layers import activation, check_pooling, pool
 
 class LeNet5(nnx.Module):
     """conv 5×5 pad 2 → C, pool 2/2, conv 5×5 valid → 16, [conv 3×3 pad 1 16→16]×extra, pool 2/2,
-    dense 120, dense 84, dense classes. With defaults on 28×28×1 inputs: 61,706 parameters."""
+    dense 120, dense 84, dense classes. With defaults on 28×28×1 inputs: 61,706 parameters.
+    `dtype=jnp.bfloat16` computes in bf16 with float32 parameters and float32 logits."""
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
                  activation_name: str = "tanh", pooling: str = "avg", extra_conv_layers: int = 0,
-                 *, rngs: nnx.Rngs):
+                 *, dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
         if not isinstance(extra_conv_layers, int) or extra_conv_layers < 0:
             raise ConfigError(f"config model.extra_conv_layers={extra_conv_layers!r} must be an int >= 0")
@@ -24,12 +26,13 @@ class LeNet5(nnx.Module):
             raise ConfigError(f"LeNet5 needs inputs of at least 12×12 pixels, got data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = check_pooling(pooling)
-        self.conv1 = nnx.Conv(channels, 6, (5, 5), padding=2, rngs=rngs)
-        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
-        self.extra = nnx.List([nnx.Conv(16, 16, (3, 3), padding=1, rngs=rngs) for _ in range(extra_conv_layers)])
-        self.fc1 = nnx.Linear(16 * out_h * out_w, 120, rngs=rngs)
-        self.fc2 = nnx.Linear(120, 84, rngs=rngs)
-        self.fc3 = nnx.Linear(84, num_classes, rngs=rngs)
+        self.conv1 = nnx.Conv(channels, 6, (5, 5), padding=2, dtype=dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", dtype=dtype, rngs=rngs)
+        self.extra = nnx.List([nnx.Conv(16, 16, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+                               for _ in range(extra_conv_layers)])
+        self.fc1 = nnx.Linear(16 * out_h * out_w, 120, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(120, 84, dtype=dtype, rngs=rngs)
+        self.fc3 = nnx.Linear(84, num_classes, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = pool(self.act(self.conv1(x)), self.pooling, 2)
@@ -40,4 +43,4 @@ class LeNet5(nnx.Module):
         x = x.reshape(x.shape[0], -1)
         x = self.act(self.fc1(x))
         x = self.act(self.fc2(x))
-        return self.fc3(x)
+        return self.fc3(x).astype(jnp.float32)

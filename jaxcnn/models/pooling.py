@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.config import ConfigError
@@ -23,7 +24,7 @@ class PoolingCNN(nnx.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3),
                  hidden: int = 32, pooling: str = "max", first_stride: int = 1,
-                 activation_name: str = "relu", *, rngs: nnx.Rngs):
+                 activation_name: str = "relu", *, dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
         if pooling not in POOLING_CNN_POOLINGS:
             raise ConfigError(f"config model.pooling={pooling!r} is not valid; "
@@ -41,9 +42,10 @@ class PoolingCNN(nnx.Module):
                               f"needs larger inputs than data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = pooling
-        self.conv1 = nnx.Conv(channels, hidden, (5, 5), strides=first_stride, padding=((2, 2), (2, 2)), rngs=rngs)
-        self.conv2 = nnx.Conv(hidden, 2 * hidden, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
-        self.fc = nnx.Linear(2 * hidden * out_h * out_w, num_classes, rngs=rngs)
+        self.conv1 = nnx.Conv(channels, hidden, (5, 5), strides=first_stride, padding=((2, 2), (2, 2)),
+                              dtype=dtype, rngs=rngs)
+        self.conv2 = nnx.Conv(hidden, 2 * hidden, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+        self.fc = nnx.Linear(2 * hidden * out_h * out_w, num_classes, dtype=dtype, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """The two convolutions (with activations), before pooling: NHWC."""
@@ -53,4 +55,4 @@ class PoolingCNN(nnx.Module):
         x = self.features(x)
         if self.pooling != "none":
             x = pool(x, self.pooling, POOL_SIZE)
-        return self.fc(x.reshape(x.shape[0], -1))
+        return self.fc(x.reshape(x.shape[0], -1)).astype(jnp.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxcnn.config import ConfigError
@@ -31,11 +32,11 @@ def check_widths(widths) -> tuple[int, ...]:
 class SSLTrunk(nnx.Module):
     """Per width w: conv 3×3 pad 1 → BatchNorm → LeakyReLU(0.1) → max pool 2/2 (floor) → Dropout."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int], dropout: float, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, widths: Sequence[int], dropout: float, *, dtype=None, rngs: nnx.Rngs):
         ins = (in_channels, *widths[:-1])
-        self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+        self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
                                for i, o in zip(ins, widths)])
-        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
+        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
                              for o in widths])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
@@ -61,7 +62,7 @@ class SSLCNN(nnx.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
                  widths: Sequence[int] = (16, 32, 64), hidden: int = 128, dropout: float = 0.25,
-                 probe: bool = False, *, rngs: nnx.Rngs):
+                 probe: bool = False, *, dtype=None, rngs: nnx.Rngs):
         widths = check_widths(widths)
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
@@ -77,14 +78,14 @@ class SSLCNN(nnx.Module):
         if not isinstance(probe, bool):
             raise ConfigError(f"config model.probe={probe!r} must be True or False")
         self.probe = probe
-        self.trunk = SSLTrunk(channels, widths, dropout, rngs=rngs)
+        self.trunk = SSLTrunk(channels, widths, dropout, dtype=dtype, rngs=rngs)
         features = widths[-1] * out_h * out_w
         if probe:
-            self.head = nnx.Linear(features, num_classes, rngs=rngs)
+            self.head = nnx.Linear(features, num_classes, dtype=dtype, rngs=rngs)
         else:
-            self.head1 = nnx.Linear(features, hidden, rngs=rngs)
+            self.head1 = nnx.Linear(features, hidden, dtype=dtype, rngs=rngs)
             self.head_dropout = nnx.Dropout(HEAD_DROPOUT, rngs=rngs)
-            self.head2 = nnx.Linear(hidden, num_classes, rngs=rngs)
+            self.head2 = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """The trunk output: NHWC (N, H/8, W/8, widths[-1]) with the default three blocks."""
@@ -93,6 +94,6 @@ class SSLCNN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)
         if self.probe:
-            return self.head(x.reshape(x.shape[0], -1))
+            return self.head(x.reshape(x.shape[0], -1)).astype(jnp.float32)
         x = self.head_dropout(leaky_relu(self.head1(x.reshape(x.shape[0], -1))))
-        return self.head2(x)
+        return self.head2(x).astype(jnp.float32)
