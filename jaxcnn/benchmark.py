@@ -289,3 +289,35 @@ def format_table(report: Report) -> str:
                       f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower} "
                       f"(train.loop=auto picks {resolve_loop('auto')})"]
     return "\n".join(lines)
+
+
+def run_scaling(config: ml_collections.ConfigDict, devices: Sequence[int], epochs: int = 3, repeat: int = 1,
+                loop: str = "python") -> list[dict[str, Any]]:
+    """Data-parallel scaling: the same config (same global batch) trained on meshes of `devices`
+    devices in turn; images/s and efficiency = images/s ÷ (devices × images/s per device of the first)."""
+    validate(config)
+    if not devices:
+        raise ConfigError("--devices: give at least one device count, e.g. 1,2,4,8")
+    dataset = training_set(config, repeat)
+    rows = []
+    for n in devices:
+        member = ml_collections.ConfigDict(config.to_dict())
+        member.mesh = n
+        r = benchmark_jax(member, dataset.train_images, dataset.train_labels, loop, epochs, dataset.num_classes)
+        rows.append({"devices": n, "images_per_s": r.images_per_s, "epoch_time_s": r.epoch_time_s,
+                     "compile_time_s": r.compile_time_s, "train_loss": r.train_losses[-1]})
+    per_device = rows[0]["images_per_s"] / rows[0]["devices"]
+    for row in rows:
+        row["efficiency"] = row["images_per_s"] / (row["devices"] * per_device)
+    return rows
+
+
+def format_scaling(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], loop: str) -> str:
+    lines = [f"{config.model.name} {config.variant}: global batch {config.train.batch_size}, loop {loop}, "
+             f"median epoch", f"machine: {machine_name()}; jax {jax.__version__}; {jax.device_count()} "
+             f"{jax.default_backend()} devices ({jax.devices()[0].device_kind})", "",
+             f"{'devices':>8}{'images/s':>11}{'epoch (s)':>11}{'compile (s)':>13}{'efficiency':>12}"]
+    for r in rows:
+        lines.append(f"{r['devices']:>8}{r['images_per_s']:>11,.0f}{r['epoch_time_s']:>11.3f}"
+                     f"{r['compile_time_s']:>13.2f}{r['efficiency']:>11.0%}")
+    return "\n".join(lines)

@@ -11,6 +11,11 @@ torchvision model (channels-last; bf16 autocast on CUDA):
 batch_size=16,data.random_resized_crop=False,data.hflip=False,data.eval_crop_pct=0" --epochs 2 --loop python
 
 The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is skipped.
+
+Data-parallel scaling (same global batch over 1, 2, 4, 8 devices; on a CPU simulate devices):
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python scripts/benchmark.py \
+        --config configs/lenet.py:3,batch_size=128 --devices 1,2,4,8
 """
 
 import json
@@ -19,8 +24,9 @@ import pathlib
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcnn.benchmark import LOOPS, format_table, run_benchmark
+from jaxcnn.benchmark import LOOPS, format_scaling, format_table, run_benchmark, run_scaling
 from jaxcnn.cli import run
+from jaxcnn.config import ConfigError
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
 
@@ -31,11 +37,21 @@ flags.DEFINE_integer("repeat", 1, "Tile the training set this many times (15: 60
 flags.DEFINE_multi_enum("loop", list(LOOPS), LOOPS, "JAX epoch strategies to measure.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+flags.DEFINE_list("devices", None, "Measure data-parallel scaling over these device counts (e.g. 1,2,4,8) "
+                  "with the first --loop, instead of the PyTorch comparison.")
 
 
 def main(argv):
     del argv
     f = flags.FLAGS
+    if f.devices:
+        if not all(n.isdigit() and int(n) > 0 for n in f.devices):
+            raise ConfigError(f"--devices={','.join(f.devices)}: give device counts >= 1, e.g. 1,2,4,8")
+        rows = run_scaling(f.config, [int(n) for n in f.devices], f.epochs, f.repeat, f.loop[0])
+        print(format_scaling(f.config, rows, f.loop[0]))
+        if f.json:
+            pathlib.Path(f.json).write_text(json.dumps(rows, indent=2) + "\n")
+        return
     report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, f.torch)
     print(format_table(report))
     if f.json:

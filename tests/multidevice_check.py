@@ -76,12 +76,23 @@ def check_errors() -> None:
     print("errors ok")
 
 
+def check_scaling_benchmark() -> None:
+    from jaxcnn.benchmark import run_scaling
+
+    rows = run_scaling(lenet.get_config("3,data.max_train=320,batch_size=80"), [1, 8], epochs=1)
+    assert [r["devices"] for r in rows] == [1, 8] and rows[0]["efficiency"] == 1.0
+    np.testing.assert_allclose(rows[1]["train_loss"], rows[0]["train_loss"], rtol=2e-5)
+    assert rows[1]["efficiency"] == rows[1]["images_per_s"] / (8 * rows[0]["images_per_s"])
+    print("scaling benchmark ok")
+
+
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
-    names = sys.argv[1:] or ["python", "scan", "resume", "errors"]
+    names = sys.argv[1:] or ["python", "scan", "resume", "errors", "scaling"]
     for name in names:
         {"python": lambda: check_equal_to_one_device("python"), "scan": lambda: check_equal_to_one_device("scan"),
-         "resume": check_resume_on_other_device_count, "errors": check_errors}[name]()
+         "resume": check_resume_on_other_device_count, "errors": check_errors,
+         "scaling": check_scaling_benchmark}[name]()
 
 
 if __name__ == "__main__":

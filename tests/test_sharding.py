@@ -18,11 +18,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_eight_devices_train_like_one_split_the_batch_and_resume_on_another_count():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "tests.multidevice_check", "python", "resume", "errors"],
+    result = subprocess.run([sys.executable, "-m", "tests.multidevice_check", "python", "resume", "errors",
+                             "scaling"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "python: 8 devices == 1 device" in result.stdout
     assert "resumed on 2 == 1 device" in result.stdout and "errors ok" in result.stdout
+    assert "scaling benchmark ok" in result.stdout
 
 
 def test_mesh_of_this_process_and_its_errors():

@@ -46,7 +46,8 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
             diffs = "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
             raise ConfigError(f"{workdir} holds a run with another config ({diffs}); "
                               "use a new --workdir, or the same config to resume")
-    path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+    if jax.process_index() == 0:  # multi-host: one process writes the files, every one checkpoints
+        path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
 
 
 class _Run:
@@ -64,6 +65,7 @@ class _Run:
         self.compile_time = 0.0
         self.error: TrainingDivergedError | None = None
         self.writer = None
+        self.primary = jax.process_index() == 0  # the process that writes metrics, figures, summary
         epochs = config.train.epochs
         if self.start > epochs:
             self.close()
@@ -79,6 +81,8 @@ class _Run:
             self.checkpoints.restore(self.start, model, optimizer)
             self.history = self.history[:self.start]
             self.compile_time = self.checkpoints.meta(self.start)["compile_time_s"]
+        if not self.primary:
+            return
         write_history(self.workdir, self.history)
 
         from tensorboardX import SummaryWriter
@@ -89,14 +93,16 @@ class _Run:
                dataset: Dataset) -> None:
         """Appends an epoch: history first (a resume truncates, never lacks, history), then the checkpoint."""
         self.history.append(record)
-        write_history(self.workdir, self.history)
+        if self.primary:
+            write_history(self.workdir, self.history)
         best = max(self.history, key=lambda h: h["test_accuracy"])
         self.checkpoints.save(record["epoch"], model, optimizer, {
             **record, "best_epoch": best["epoch"], "compile_time_s": self.compile_time,
             "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
             "input_shape": list(dataset.image_shape), "config": json.loads(self.config.to_json())})
         for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate"):
-            self.writer.add_scalar(name, record[name], record["epoch"])
+            if self.writer is not None:
+                self.writer.add_scalar(name, record[name], record["epoch"])
 
     def diverged(self, epoch: int, loss: float) -> None:
         self.error = TrainingDivergedError(
@@ -245,7 +251,8 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
                        backend=jax.default_backend(), loop=trainer.loop, group_size=size, **trainer.init_info[g])
         title = f"{run.config.model.name} {run.config.variant} on {dataset.name}".replace("  ", " ")
-        write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
-                      dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)
+        if run.primary:
+            write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
+                          dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)
         results.append(summary)
     return results
