@@ -36,9 +36,21 @@ class Predictor:
         return 255 - image if invert else image
 
 
-def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:
-    """Restores the best checkpoint of `workdir` (or `epoch`) and its preprocessing; `workdir` may
-    also be weights converted by scripts/convert_weights.py (ImageNet classes, resize + centre crop).
+@dataclasses.dataclass
+class Restored:
+    """A model restored from a run's checkpoint or from converted weights, in eval mode."""
+
+    model: nnx.Module
+    config: ml_collections.ConfigDict
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]  # the stored images' (H, W, C)
+    epoch: int | None  # None: converted weights
+    crop_pct: float | None  # converted weights: ImageNet resize + centre crop
+
+
+def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: str | None = None) -> Restored:
+    """Restores the best checkpoint of `workdir` (or `epoch`); `workdir` may also be weights converted
+    by scripts/convert_weights.py. `dtype` overrides the run's `model.dtype` (same float32 parameters).
 
     Raises:
       ConfigError: no checkpoints in `workdir`, or no checkpoint for `epoch`.
@@ -46,8 +58,8 @@ def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Pre
     if is_converted(workdir):
         model, meta = load_converted(workdir)
         channels, height, width = meta["input_size"]
-        return _predictor(model, model_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
-                          meta["crop_pct"])
+        return Restored(model, model_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
+                        meta["crop_pct"])
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
         latest = checkpoints.latest_epoch()
@@ -60,14 +72,21 @@ def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Pre
                               f"kept: {sorted(checkpoints.manager.all_steps())}")
         meta = checkpoints.meta(epoch)
         config = ml_collections.ConfigDict(meta["config"])
-        input_shape = tuple(meta["input_shape"])
+        if dtype is not None:
+            config.model.dtype = dtype
         model = build_model(config.model, meta["num_classes"],
                             (*config.data.image_size, config.data.channels), config.seed)
         checkpoints.restore(epoch, model)
     finally:
         checkpoints.close()
     model.eval()
-    return _predictor(model, config, tuple(meta["class_names"]), input_shape, epoch)
+    return Restored(model, config, tuple(meta["class_names"]), tuple(meta["input_shape"]), epoch, None)
+
+
+def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:
+    """The predictor of `restore_model(workdir, epoch)`: its preprocessing and class names."""
+    r = restore_model(workdir, epoch)
+    return _predictor(r.model, r.config, r.class_names, r.input_shape, r.epoch, r.crop_pct)
 
 
 def _predictor(model: nnx.Module, config: ml_collections.ConfigDict, class_names: tuple[str, ...],
