@@ -14,7 +14,8 @@ from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import label_subset
 from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain
-from jaxcnn.ssl.trunk import VARIABLES, load_trunk
+from jaxcnn.convert.store import VARIABLES
+from jaxcnn.ssl.trunk import load_trunk
 from jaxcnn.train.trainer import Trainer
 
 ssl_init = load_config_module("ssl_init")

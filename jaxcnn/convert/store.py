@@ -32,8 +32,7 @@ def save_converted(out: str | pathlib.Path, model: nnx.Module, meta: dict[str, A
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(out / WEIGHTS, nnx.state(model, VARIABLES))
+    save_variables(out / WEIGHTS, model)
     (out / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -55,13 +54,23 @@ def model_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     return config
 
 
+def save_variables(path: str | pathlib.Path, module: nnx.Module) -> None:
+    """`module`'s parameters and BatchNorm statistics (no RNG state) as an Orbax checkpoint at `path`."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(pathlib.Path(path).absolute(), nnx.state(module, VARIABLES))
+
+
+def restore_variables(path: str | pathlib.Path, module: nnx.Module) -> None:
+    """Loads what `save_variables` wrote into `module` (same structure and shapes)."""
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(module, VARIABLES))
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(pathlib.Path(path).absolute(), target)
+    nnx.update(module, state)
+
+
 def restore_into(path: str | pathlib.Path, model: nnx.Module) -> None:
     """Loads the converted weights into `model` (same architecture and class count)."""
-    path = pathlib.Path(path).absolute()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model, VARIABLES))
-    with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(path / WEIGHTS, target)
-    nnx.update(model, state)
+    restore_variables(pathlib.Path(path) / WEIGHTS, model)
 
 
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:

@@ -11,16 +11,14 @@ import pathlib
 import shutil
 from typing import Any
 
-import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxcnn.config import ConfigError
+from jaxcnn.convert.store import restore_variables, save_variables
 
 META_JSON = "meta.json"
 TRUNK = "trunk"
 ARCHITECTURE = "ssl_cnn"
-VARIABLES = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
 def is_trunk(path: str | pathlib.Path) -> bool:
@@ -43,8 +41,7 @@ def save_trunk(out: str | pathlib.Path, trunk: nnx.Module, meta: dict[str, Any])
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(tmp / TRUNK, nnx.state(trunk, VARIABLES))
+    save_variables(tmp / TRUNK, trunk)
     meta = {"architecture": ARCHITECTURE, **trunk_signature(trunk), **meta}
     (tmp / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
     tmp.rename(out)
@@ -73,8 +70,5 @@ def load_trunk(model: nnx.Module, path: str | pathlib.Path) -> dict[str, Any]:
         if meta[key] != want[key]:
             raise ConfigError(f"ssl.trunk={str(path)!r} was pretrained with {key}={meta[key]}, but this run has "
                               f"{label}={want[key]}; pretrain a trunk for this model or change {label}")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model.trunk, VARIABLES))
-    with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(pathlib.Path(path).absolute() / TRUNK, target)
-    nnx.update(model.trunk, state)
+    restore_variables(pathlib.Path(path) / TRUNK, model.trunk)
     return meta
