@@ -215,9 +215,9 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
     graphdef, state = nnx.split((model, optimizer))
 
     @jax.jit
-    def step(state, images, idx, key):
+    def step(state, images, perm, i, epoch_key):  # batch and key picked on the device: no per-step host ops
         model, optimizer = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(objective)(model, images[idx], key)
+        loss, grads = nnx.value_and_grad(objective)(model, images[perm[i]], jax.random.fold_in(epoch_key, i))
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
@@ -232,7 +232,7 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
             epoch_key = jax.random.fold_in(jax.random.fold_in(key, 3), epoch)
             total = jnp.float32(0)
             for i in range(steps):
-                state, loss = step(state, images, perm[i], jax.random.fold_in(epoch_key, i))
+                state, loss = step(state, images, perm, i, epoch_key)
                 total = total + loss
                 bar.update()
             losses.append(float(total) / steps)
