@@ -1,0 +1,23 @@
+"""Named moments at which the fault tests stop a real run with a real signal.
+
+`JAXCNN_FAULT=POINT:EPOCH:SIGNAL` (e.g. `metrics_written:1:SIGKILL`) makes the process send SIGNAL
+to itself when it reaches POINT in EPOCH, so a test can kill a run exactly in the window it
+examines (after a metrics row, with a checkpoint save in flight, while figures are written).
+Without the variable `at` does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = ("metrics_written", "save_started", "figures")
+
+
+def at(point: str, epoch: int) -> None:
+    spec = os.environ.get("JAXCNN_FAULT")
+    if not spec:
+        return
+    name, when, sig = spec.split(":")
+    if name == point and int(when) == epoch:
+        os.kill(os.getpid(), getattr(signal, sig))
