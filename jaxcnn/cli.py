@@ -1,18 +1,22 @@
-"""Running the scripts: user errors (bad config, unreadable image, divergence) end in one line."""
+"""Running the scripts: user errors (bad config, unreadable image, divergence, no network), Ctrl-C
+and environment faults (disk full, permissions) end in one line, never a traceback."""
 
 from __future__ import annotations
 
+import errno
+import inspect
+import logging as std_logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from jaxcnn.config import ConfigError
-from jaxcnn.data.images import ImageError
-from jaxcnn.train.loop import TrainingDivergedError
+from jaxcnn.config import ConfigError, load_config_module
+from jaxcnn.errors import Interrupted, UserError
 
-USER_ERRORS = (ConfigError, ImageError, TrainingDivergedError)
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 
 
 def _env_int(name: str) -> int | None:
@@ -46,8 +50,21 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
 
 
+def _config_file_arg(argv: list[str]) -> str | None:
+    """The file part of `--config FILE[:ARG]` / `--config=FILE[:ARG]` in argv, if any."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+        if arg.startswith(("--config=", "-config=")):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+    return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
+        path = _config_file_arg(argv)
+        if path:  # one line for a missing file, a syntax error or no get_config (absl prints a traceback)
+            load_config_module(path)
         return flags.FLAGS(argv)
     except ConfigError as e:  # raised by a config file's get_config while the --config flag is parsed
         sys.exit(f"error: {e}")
@@ -59,15 +76,70 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {e}\nPass --helpshort or --helpfull to see help on flags.")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)` with quiet Orbax logging and one-line errors for user mistakes."""
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's preemption, `kill`) stops a run like Ctrl-C: saved epochs kept, one line."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _quiet_library_echoes() -> None:
+    """When one read or write of a checkpoint fails, Orbax closes its event loop while TensorStore
+    still has reads or writes in flight: as they finish, their callbacks find the loop closed
+    ("Event loop is closed"), the sibling coroutines are never awaited ("Exception ignored in:
+    <coroutine ...>") and asyncio logs "exception was never retrieved", a traceback apiece. The
+    failure itself is reported in one line; drop those echoes, and only those."""
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        echo = inspect.iscoroutine(unraisable.object) or (
+            isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed")
+        if not echo:
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def environment_error(e: OSError) -> str:
+    """One line for an OSError: what failed on which file, and what to do."""
+    if e.errno == errno.ENOSPC:
+        where = f" at {e.filename}" if e.filename else ""
+        return (f"disk full{where}: {e.strerror or e}; free space and rerun the same command "
+                "(finished epochs are kept)")
+    return f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+
+
+def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
+    """`absl.app.run(main)` with quiet Orbax logging and one-line errors for user mistakes, Ctrl-C
+    and environment faults. `positional`: whether `main` takes arguments after the flags."""
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):  # absl's own --help exits with status 1
+        app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True, exitcode=0)
 
     def wrapped(argv: list[str]) -> None:
         logging.set_verbosity(logging.ERROR)  # Orbax logs every save at INFO and read-only opens at WARNING
+        _stop_on_sigterm()
+        _quiet_library_echoes()
         try:
+            if len(argv) > 1 and not positional:
+                raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
             initialize_distributed()
             main(argv)
-        except USER_ERRORS as e:
-            sys.exit(f"error: {e}")
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(getattr(e, "exit_code", 1))
+        except KeyboardInterrupt:
+            print(f"error: {Interrupted('interrupted; rerun the same command to resume')}", file=sys.stderr)
+            sys.exit(Interrupted.exit_code)
+        except OSError as e:
+            print(f"error: {environment_error(e)}", file=sys.stderr)
+            sys.exit(1)
+        except Exception as e:  # noqa: BLE001 - libraries (Orbax, TensorStore) wrap a full disk in their own types
+            if "No space left on device" not in str(e):
+                raise
+            print(f"error: {environment_error(OSError(errno.ENOSPC, 'No space left on device'))} "
+                  f"({type(e).__name__})", file=sys.stderr)
+            sys.exit(1)
 
     app.run(wrapped, flags_parser=_parse_flags)

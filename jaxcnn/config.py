@@ -9,20 +9,44 @@ then `key=value` overrides. Every key and variant is checked; a bad one raises
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import math
+import pathlib
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 import ml_collections
 
+from jaxcnn.errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     """A config, variant, key or value the user gave is not valid.
 
     Not a ValueError on purpose: ml_collections' config flag re-wraps ValueErrors raised by
     `get_config` into a traceback text; this one reaches `jaxcnn.cli` and is printed as one line.
     """
+
+
+def load_config_module(path: str | pathlib.Path) -> ModuleType:
+    """Imports a config file (`configs/lenet.py`) as a module; a missing file, a syntax error, an
+    error while it runs or a missing `get_config` is a ConfigError naming the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"jaxcnn_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - anything the file raises while it is imported
+        raise ConfigError(f"config file {path} fails to load: {type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path} defines no get_config(arg) function")
+    return module
 
 
 def split_arg(arg: str) -> list[str]:

@@ -53,30 +53,32 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
     by scripts/convert_weights.py. `dtype` overrides the run's `model.dtype` (same float32 parameters).
 
     Raises:
-      ConfigError: no checkpoints in `workdir`, or no checkpoint for `epoch`.
+      ConfigError: no checkpoints in `workdir`, no checkpoint for `epoch`, or `epoch` < 1.
+      DamagedCheckpoint: the checkpoint does not restore or match its checksum.
     """
     if is_converted(workdir):
         model, meta = load_converted(workdir)
         channels, height, width = meta["input_size"]
         return Restored(model, model_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
                         meta["crop_pct"])
+    if epoch is not None and epoch < 1:
+        raise ConfigError(f"--epoch={epoch}: epochs are numbered from 1 (leave it out for the best epoch)")
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
-        latest = checkpoints.latest_epoch()
+        latest = checkpoints.latest_meta()
         if latest is None:
             raise ConfigError(f"{workdir}: no checkpoints (expected {checkpoints.directory}/<epoch>); "
                               "train first with scripts/train.py --workdir")
-        epoch = epoch or checkpoints.meta(latest)["best_epoch"]
-        if epoch not in checkpoints.manager.all_steps():
-            raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; "
-                              f"kept: {sorted(checkpoints.manager.all_steps())}")
+        epoch = epoch or latest[1]["best_epoch"]
+        if epoch not in checkpoints.epochs():
+            raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; kept: {checkpoints.epochs()}")
         meta = checkpoints.meta(epoch)
         config = ml_collections.ConfigDict(meta["config"])
         if dtype is not None:
             config.model.dtype = dtype
         model = build_model(config.model, meta["num_classes"],
                             (*config.data.image_size, config.data.channels), config.seed)
-        checkpoints.restore(epoch, model)
+        checkpoints.restore(epoch, model, meta=meta)
     finally:
         checkpoints.close()
     model.eval()

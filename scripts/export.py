@@ -14,7 +14,8 @@ flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkp
                     "of weights converted by scripts/convert_weights.py.")
 flags.DEFINE_string("format", "onnx", "Export format: onnx.")
 flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/export).")
-flags.DEFINE_integer("epoch", None, "Export this epoch's checkpoint instead of the best.")
+flags.DEFINE_integer("epoch", None, "Export this epoch's checkpoint instead of the best.",
+                     lower_bound=1)
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

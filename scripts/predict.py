@@ -5,6 +5,7 @@ Prints the top-k classes with probabilities for each file and writes an annotate
 A missing or unreadable file gets one error line; the others are still labelled; exit status 1.
 """
 
+import pathlib
 import sys
 
 import numpy as np
@@ -17,8 +18,8 @@ from jaxcnn.report.plots import prediction_grid
 
 flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkpoint is used), or a directory "
                     "of weights converted by scripts/convert_weights.py.")
-flags.DEFINE_integer("epoch", None, "Use this epoch's checkpoint instead of the best.")
-flags.DEFINE_integer("top_k", 3, "How many classes to print per image.")
+flags.DEFINE_integer("epoch", None, "Use this epoch's checkpoint instead of the best.", lower_bound=1)
+flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1)
 flags.DEFINE_bool("invert", False, "Invert gray levels first (dark digits on light paper -> MNIST's light on dark).")
 flags.DEFINE_string("out", None, "Annotated PNG (default: WORKDIR/predict.png); '' for none.")
 flags.mark_flag_as_required("workdir")
@@ -29,6 +30,9 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         sys.exit("error: name at least one image file after the flags")
+    out = f"{FLAGS.workdir}/predict.png" if FLAGS.out is None else FLAGS.out
+    if FLAGS.out and not pathlib.Path(out).absolute().parent.is_dir():
+        sys.exit(f"error: --out {out}: the folder {pathlib.Path(out).absolute().parent} does not exist")
     predictor = load_predictor(FLAGS.workdir, FLAGS.epoch)
     images, names, failed = [], [], 0
     for path in paths:
@@ -43,7 +47,6 @@ def main(argv):
         for path, p in zip(names, probabilities):
             ranked = ", ".join(f"{name} {prob:.3f}" for name, prob in top_k(p, predictor.class_names, FLAGS.top_k))
             print(f"{path}: {ranked}")
-        out = f"{FLAGS.workdir}/predict.png" if FLAGS.out is None else FLAGS.out
         if out:
             pred = probabilities.argmax(-1)
             prediction_grid(np.stack(images), pred, pred, predictor.class_names, out,
@@ -54,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, positional=True)

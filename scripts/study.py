@@ -13,7 +13,6 @@ on GPU/TPU only).
 from absl import flags
 
 from jaxcnn.cli import run
-from jaxcnn.config import ConfigError
 
 flags.DEFINE_string("config", None, "Config file, optionally with overrides for every variant: FILE[:k=v,...]")
 flags.DEFINE_string("workdir", None, "Study directory: one folder per variant and seed, report.md, results.csv.")
@@ -27,8 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     from jaxcnn.study.runner import run_study
 
     f = flags.FLAGS

@@ -1,20 +1,17 @@
 """Config files: every variant parses; bad variants, keys and values are refused with the valid ones listed."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
+from jaxcnn import config as config_lib
 from jaxcnn.config import ConfigError, build_config, default_config, split_arg, validate
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
 def load_config_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_config_module(ROOT / "configs" / f"{name}.py")
 
 
 lenet = load_config_module("lenet")

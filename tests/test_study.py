@@ -5,12 +5,12 @@ import json
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from jaxcnn.config import ConfigError
 from jaxcnn.study import runner
+from tests.test_faults import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENET = str(REPO / "configs" / "lenet.py")
@@ -72,28 +72,23 @@ def test_rerun_skips_finished_runs_and_adds_new_seeds(lenet_study, monkeypatch):
     assert (workdir / "3" / "seed_0" / "metrics.jsonl").read_text() == before
 
 
-def test_an_interrupted_study_resumes_its_unfinished_runs(tmp_path, monkeypatch):
-    calls = []
-    real = runner.train_group
-
-    def interrupt_second_group(configs, workdirs, *args):
-        calls.append(list(workdirs))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(configs, workdirs, *args)
-
-    monkeypatch.setattr(runner, "train_group", interrupt_second_group)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run_study(LENET, tmp_path, seeds=1, variants=["3", "maxpool"], overrides=SMALL, progress=False,
-                         log=lambda *_: None)
-    monkeypatch.undo()
-    assert (tmp_path / "3" / "seed_0" / "summary.json").exists()
-    assert not (tmp_path / "maxpool" / "seed_0" / "summary.json").exists()
-    result = runner.run_study(LENET, tmp_path, seeds=1, variants=["3", "maxpool"], overrides=SMALL,
-                              progress=False, log=lambda *_: None)
-    assert result["trained"] == 1
+def test_a_killed_study_resumes_its_unfinished_runs(tmp_path):
+    """SIGKILL while the first run writes its figures (after its last epoch): the rerun finishes
+    that run from its checkpoint and trains the other; every run ends done, every epoch once."""
+    args = ("study.py", "--config", f"configs/lenet.py:{SMALL}", "--workdir", str(tmp_path), "--variants",
+            "3,maxpool")
+    killed = cli(*args, fault="figures:2:SIGKILL")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "3" / "seed_0" / "summary.json").exists()
+    assert not (tmp_path / "maxpool" / "seed_0").exists()
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 runs: 0 finished, 2 to train" in proc.stdout
     rows = check_report_matches_run_folders(tmp_path, ["3", "maxpool"], 1)
     assert [r["group_size"] for r in rows] == ["1", "1"]  # group="auto" on the CPU: one at a time
+    for variant in ("3", "maxpool"):
+        metrics = (tmp_path / variant / "seed_0" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
 
 
 def test_bad_input_is_refused_and_nothing_is_overwritten(lenet_study, tmp_path):
@@ -125,50 +120,3 @@ def test_the_script_gives_one_line_errors(tmp_path):
                            str(tmp_path), "--seeds", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "error: seeds=0: a study needs at least 1 seed"
-
-
-MOCK_CIFAR = textwrap.dedent(r'''
-    import sys
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from jaxcnn.study.runner import run_study
-
-    metadata, config, workdir = sys.argv[1:4]
-    rng = np.random.default_rng(0)
-    served = {}
-    for split, n in (("train", 200), ("test", 60)):
-        labels = rng.choice([0, 55, 58, 7], n)  # 7: a class outside the subset, dropped
-        # class-dependent colour plus noise: learnable in a few steps
-        palette = {0: (200, 40, 40), 55: (40, 200, 40), 58: (40, 40, 200), 7: (128, 128, 128)}
-        colour = np.array([palette[c] for c in labels], np.float64)
-        images = np.clip(colour[:, None, None, :] + rng.normal(0, 40, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-        served[split] = images, labels
-
-    def as_dataset_fn(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
-        images, labels = served[str(split)]
-        return tf.data.Dataset.from_tensor_slices({
-            "image": images, "label": labels.astype(np.int64), "coarse_label": (labels // 5).astype(np.int64),
-            "id": np.array([f"id{i}".encode() for i in range(len(labels))])})
-
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=metadata,
-                                as_dataset_fn=as_dataset_fn):
-        run_study(config, workdir, seeds=2, overrides="epochs=1,batch_size=20,model.hidden=8", progress=False)
-''')
-
-
-def test_pooling_study_on_mock_cifar100(tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(MOCK_CIFAR)
-    proc = subprocess.run([sys.executable, str(script), str(REPO / "tests" / "data" / "tfds_metadata"),
-                           str(REPO / "configs" / "pooling.py"), str(tmp_path / "study")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    rows = check_report_matches_run_folders(tmp_path / "study", ["stride", "max", "avg"], 2)
-    assert {int(r["num_params"]) for r in rows} == {4851}  # h = 8 (h = 32: 33,219, see test_pooling)
-    assert all(float(r["final_test_accuracy"]) > 0.6 for r in rows), [r["final_test_accuracy"] for r in rows]
-    report = (tmp_path / "study" / "report.md").read_text()
-    assert "cifar100" in report
-    for name in ("apple", "otter", "pickup_truck"):  # class names of the subset, kept in the per-class tables
-        assert name in report

@@ -17,11 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcnn.errors import UserError
+
 LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The source weights do not fit the target model; the message lists every bad key."""
 
 

@@ -7,8 +7,10 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from jaxcnn.errors import UserError
 
-class ImageError(ValueError):
+
+class ImageError(UserError, ValueError):
     """An image file that cannot be read; the message names the file."""
 
 

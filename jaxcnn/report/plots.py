@@ -14,6 +14,8 @@ import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxcnn.files import atomic_path  # noqa: E402
+
 
 def learning_curves(history: Sequence[dict], path: pathlib.Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs test."""
@@ -41,7 +43,8 @@ def save_figure(fig: matplotlib.figure.Figure, path: pathlib.Path,
                 rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
     """Tight layout (of the axes within `rect`, in figure fractions), 100 dpi PNG, figure closed."""
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

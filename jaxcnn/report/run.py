@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn import faults
+from jaxcnn.files import atomic_path, read_json_lines, write_atomic, write_json
 from jaxcnn.report import plots
+from jaxcnn.train.checkpoint import best_record
 from jaxcnn.train.metrics import confusion_matrix, per_class_report
 
 METRICS_JSONL = "metrics.jsonl"
@@ -22,10 +25,10 @@ COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"
 
 
 def read_history(workdir: pathlib.Path) -> list[dict[str, Any]]:
-    path = workdir / METRICS_JSONL
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """metrics.jsonl as one row per epoch, in epoch order: rows are keyed by their epoch number (a
+    repeated epoch keeps its last row) and a torn last line (a kill mid-write) is skipped."""
+    rows = {row["epoch"]: row for row in read_json_lines(workdir / METRICS_JSONL) if "epoch" in row}
+    return [rows[epoch] for epoch in sorted(rows)]
 
 
 def read_summary(workdir: pathlib.Path) -> dict[str, Any]:
@@ -48,9 +51,10 @@ def read_confusion_matrix(workdir: pathlib.Path) -> np.ndarray:
 
 
 def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> None:
-    """metrics.jsonl (one JSON object per epoch) and metrics.csv with the same numbers."""
-    (workdir / METRICS_JSONL).write_text("".join(json.dumps(h) + "\n" for h in history))
-    with open(workdir / "metrics.csv", "w", newline="") as f:
+    """metrics.jsonl (one JSON object per epoch) and metrics.csv with the same numbers, each replaced
+    atomically."""
+    write_atomic(workdir / METRICS_JSONL, "".join(json.dumps(h) + "\n" for h in history))
+    with atomic_path(workdir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
@@ -59,7 +63,7 @@ def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> N
 def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s: float) -> dict[str, Any]:
     """Best and final accuracy, overfitting, timing, from the per-epoch history."""
     final = history[-1]
-    best = max(history, key=lambda h: h["test_accuracy"])
+    best = best_record(history)
     min_loss = min(h["test_loss"] for h in history)
     return {
         "epochs": final["epoch"],
@@ -79,23 +83,26 @@ def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s
 def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str, Any]], summary: dict[str, Any],
                   class_names: Sequence[str], test_images: np.ndarray, test_labels: np.ndarray,
                   predictions: np.ndarray, grid_size: int) -> None:
-    """Figures, per-class report and summary.md for the final model's test predictions."""
+    """Figures, per-class report and summary.md for the final model's test predictions; summary.json,
+    which marks a finished run, comes last."""
     matrix = confusion_matrix(test_labels, predictions, len(class_names))
     report = per_class_report(matrix)
     plots.learning_curves(history, workdir / "learning_curves.png", title)
+    faults.at("figures", history[-1]["epoch"])
     plots.confusion_matrix(matrix, class_names, workdir / "confusion_matrix.png", f"{title}: test, final model")
     n = min(grid_size, len(test_labels))
     plots.prediction_grid(test_images[:n], test_labels[:n], predictions[:n], class_names,
                           workdir / "predictions.png", f"{title}: first {n} test images")
-    with open(workdir / PER_CLASS_CSV, "w", newline="") as f:
+    with atomic_path(workdir / PER_CLASS_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         for i, name in enumerate(class_names):
             writer.writerow([name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")),
                              int(report["support"][i])])
-    np.savetxt(workdir / CONFUSION_CSV, matrix, fmt="%d", delimiter=",")
-    (workdir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-    (workdir / "summary.md").write_text(_summary_markdown(title, summary, class_names, report))
+    with atomic_path(workdir / CONFUSION_CSV) as tmp:
+        np.savetxt(tmp, matrix, fmt="%d", delimiter=",")
+    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, class_names, report))
+    write_json(workdir / SUMMARY_JSON, summary)
 
 
 def _summary_markdown(title: str, s: dict[str, Any], class_names: Sequence[str], report: dict) -> str:

@@ -6,7 +6,6 @@ The supervised run loads a trunk into `SSLCNN.trunk` exactly; its head keeps its
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 from typing import Any
@@ -14,7 +13,8 @@ from typing import Any
 from flax import nnx
 
 from jaxcnn.config import ConfigError
-from jaxcnn.convert.store import restore_variables, save_variables
+from jaxcnn.convert.store import read_json_meta, restore_variables, save_variables
+from jaxcnn.files import write_json
 
 META_JSON = "meta.json"
 TRUNK = "trunk"
@@ -41,9 +41,9 @@ def save_trunk(out: str | pathlib.Path, trunk: nnx.Module, meta: dict[str, Any])
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_variables(tmp / TRUNK, trunk)
-    meta = {"architecture": ARCHITECTURE, **trunk_signature(trunk), **meta}
-    (tmp / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    meta = {"architecture": ARCHITECTURE, **trunk_signature(trunk), **meta,
+            "checksum": save_variables(tmp / TRUNK, trunk)}
+    write_json(tmp / META_JSON, meta)
     tmp.rename(out)
 
 
@@ -52,7 +52,7 @@ def read_trunk_meta(path: str | pathlib.Path) -> dict[str, Any]:
     if not is_trunk(path):
         raise ConfigError(f"ssl.trunk={str(path)!r} is not a pretrained trunk (expected {TRUNK}/ and {META_JSON}; "
                           "make one with scripts/pretrain.py)")
-    return json.loads((path / META_JSON).read_text())
+    return read_json_meta(path / META_JSON, "pretrain the trunk (scripts/pretrain.py)")
 
 
 def load_trunk(model: nnx.Module, path: str | pathlib.Path) -> dict[str, Any]:
@@ -70,5 +70,5 @@ def load_trunk(model: nnx.Module, path: str | pathlib.Path) -> dict[str, Any]:
         if meta[key] != want[key]:
             raise ConfigError(f"ssl.trunk={str(path)!r} was pretrained with {key}={meta[key]}, but this run has "
                               f"{label}={want[key]}; pretrain a trunk for this model or change {label}")
-    restore_variables(pathlib.Path(path) / TRUNK, model.trunk)
+    restore_variables(pathlib.Path(path) / TRUNK, model.trunk, meta.get("checksum"))
     return meta

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.report import plots  # sets the Agg backend before pyplot is imported
+from jaxcnn.files import atomic_path, write_atomic
 from jaxcnn.report.run import SUMMARY_JSON, read_confusion_matrix, read_history, read_per_class, read_summary
 
 import matplotlib.pyplot as plt  # noqa: E402  (after plots: Agg)
@@ -99,8 +100,8 @@ def write_report(study_dir, title: str, runs: list[RunRecord], question: str = "
     _write_results_csv(study_dir / "results.csv", study_dir, runs, {id(f.record): f for f in finished})
     curves = _plot_curves(study_dir / "curves.png", title, variants, by_variant)
     matrices = _plot_confusion_matrices(study_dir / "confusion_matrices.png", title, variants, by_variant)
-    (study_dir / "report.md").write_text(
-        _markdown(title, question, runs, variants, by_variant, result, curves, matrices))
+    write_atomic(study_dir / "report.md", _markdown(title, question, runs, variants, by_variant, result, curves,
+                                                    matrices))
     return result
 
 
@@ -188,7 +189,7 @@ def _comparisons(ranking: list[str], by_variant: dict[str, list[_Run]]) -> list[
 def _write_results_csv(path: pathlib.Path, study_dir: pathlib.Path, runs: list[RunRecord],
                        finished: dict[int, _Run]) -> None:
     """One row per run; numbers exactly as in summary.json (str of a float is its repr: no rounding)."""
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(RESULT_COLUMNS)
         for r in runs:

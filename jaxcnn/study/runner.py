@@ -12,7 +12,6 @@ and not on the CPU, where a vmapped LeNet step measured 2.6× slower per run tha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import time
@@ -23,12 +22,14 @@ from types import ModuleType
 import jax
 import ml_collections
 
-from jaxcnn.config import ConfigError
+from jaxcnn.config import ConfigError, load_config_module, validate
 from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.errors import WorkdirError
+from jaxcnn.files import WorkdirLock, read_json, write_atomic, write_json
 from jaxcnn.study.report import RunRecord, write_report
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.loop import TrainingDivergedError, train_group
-from jaxcnn.train.trainer import group_key
+from jaxcnn.train.trainer import check_trainable, group_key
 
 GROUP_CHOICES = ("auto", "yes", "no")
 STUDY_JSON = "study.json"
@@ -41,19 +42,6 @@ class Run:
     seed: int
     config: ml_collections.ConfigDict
     workdir: pathlib.Path
-
-
-def load_config_module(path: str | pathlib.Path) -> ModuleType:
-    """Imports a config file (`configs/lenet.py`) as a module."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"jaxcnn_study_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"config file {path} defines no get_config(arg)")
-    return module
 
 
 def study_variants(module: ModuleType, path: str | pathlib.Path, names: Sequence[str] | None = None) -> list[str]:
@@ -85,28 +73,31 @@ def plan_study(module: ModuleType, config_path: str, workdir: str | pathlib.Path
     return runs
 
 
-def _claim_workdir(workdir: pathlib.Path, config_path: str, overrides: str) -> None:
-    """study.json names the study a workdir holds; another study's workdir is refused."""
+def _check_claim(workdir: pathlib.Path, config_path: str, overrides: str) -> dict[str, str]:
+    """study.json names the study a workdir holds; another study's workdir is refused (read-only).
+    Returns the study.json this study writes."""
     path = workdir / STUDY_JSON
     study = {"config": pathlib.Path(config_path).name, "overrides": overrides}
-    if path.exists():
-        old = json.loads(path.read_text())
+    old = read_json(path)
+    if path.exists() and not isinstance(old, dict):
+        raise WorkdirError(f"{path} is damaged (not JSON); write {json.dumps(study)} into it to continue this "
+                           "study, or use another --workdir")
+    if old is not None:
         if {k: old.get(k) for k in study} != study:
             raise ConfigError(f"{workdir} holds the study {old.get('config')!r} with overrides "
                               f"{old.get('overrides')!r}, not {study['config']!r} with {overrides!r}; "
                               "use another --workdir (nothing was changed)")
-    elif workdir.exists() and any(workdir.iterdir()):
+    elif workdir.exists() and any(p.name != WorkdirLock.NAME for p in workdir.iterdir()):
         raise ConfigError(f"{workdir} is not empty and holds no {STUDY_JSON}; use an empty or new --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(study, indent=2) + "\n")
+    return study
 
 
 def run_state(run: Run) -> tuple[str, int]:
     """("done" | "diverged" | "pending", finished epochs)."""
     if (run.workdir / DIVERGED).exists():
         return "diverged", 0
-    summary = run.workdir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("epochs") == run.config.train.epochs:
+    summary = read_json(run.workdir / "summary.json")
+    if isinstance(summary, dict) and summary.get("epochs") == run.config.train.epochs:
         return "done", run.config.train.epochs
     if not (run.workdir / "checkpoints").exists():
         return "pending", 0
@@ -129,6 +120,26 @@ def group_runs(runs: Sequence[Run], max_group: int = 0) -> list[list[Run]]:
     return out
 
 
+def _data_key(run: Run) -> str:
+    return run.config.data.to_json()
+
+
+def _check_runs(runs: Sequence[Run]) -> dict[str, Dataset]:
+    """Validates every run's config, loads each dataset once and checks that each run can train on
+    it (`check_trainable`); returns the datasets by `_data_key`. Raises ConfigError naming the run."""
+    datasets: dict[str, Dataset] = {}
+    for run in runs:
+        try:
+            validate(run.config)
+            if _data_key(run) not in datasets:
+                datasets[_data_key(run)] = load_dataset(run.config.data)
+            dataset = datasets[_data_key(run)]
+            check_trainable(run.config, len(dataset.train_labels), dataset.num_classes)
+        except ConfigError as e:
+            raise ConfigError(f"variant {run.variant!r}: {e} (nothing was written)") from None
+    return datasets
+
+
 def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, variants: Sequence[str] | None = None,
               overrides: str = "", group: str = "auto", max_group: int = 0, progress: bool = True,
               log=print) -> dict:
@@ -145,35 +156,38 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
     module = load_config_module(config_path)
     runs = plan_study(module, config_path, workdir, seeds, variants, overrides)
     workdir = pathlib.Path(workdir)
-    _claim_workdir(workdir, config_path, overrides)
-    states = {id(run): run_state(run)[0] for run in runs}
-    pending = [run for run in runs if states[id(run)] == "pending"]
-    log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
-    groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
-    datasets: dict[str, Dataset] = {}
-    t0 = time.perf_counter()
-    for i, members in enumerate(groups, 1):
-        names = ", ".join(f"{r.variant}/seed_{r.seed}" for r in members)
-        log(f"[{i}/{len(groups)}] {names}")
-        data_key = members[0].config.data.to_json()
-        if data_key not in datasets:
-            datasets[data_key] = load_dataset(members[0].config.data)
-        results = train_group([r.config for r in members], [r.workdir for r in members], datasets[data_key],
-                              progress)
-        for run, result in zip(members, results):
-            if isinstance(result, TrainingDivergedError):
-                (run.workdir / DIVERGED).write_text(str(result) + "\n")
-                log(f"  {run.variant}/seed_{run.seed} diverged: {result}")
-    wall = time.perf_counter() - t0
-
-    records = []
-    for run in runs:
-        state = run_state(run)[0]
-        message = (run.workdir / DIVERGED).read_text().strip() if state == "diverged" else ""
-        records.append(RunRecord(run.variant, run.seed, run.workdir, state if state != "pending" else "failed",
-                                 message or ("not finished" if state == "pending" else "")))
-    result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records,
-                          getattr(module, "QUESTION", ""), getattr(module, "BASELINES", None))
+    datasets = _check_runs(runs)  # every run's config, data and model, before anything is written
+    _check_claim(workdir, config_path, overrides)
+    lock = WorkdirLock(workdir)
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        write_json(workdir / STUDY_JSON, _check_claim(workdir, config_path, overrides))  # again, locked
+        states = {id(run): run_state(run)[0] for run in runs}
+        pending = [run for run in runs if states[id(run)] == "pending"]
+        log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
+        groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
+        t0 = time.perf_counter()
+        for i, members in enumerate(groups, 1):
+            names = ", ".join(f"{r.variant}/seed_{r.seed}" for r in members)
+            log(f"[{i}/{len(groups)}] {names}")
+            results = train_group([r.config for r in members], [r.workdir for r in members],
+                                  datasets[_data_key(members[0])], progress)
+            for run, result in zip(members, results):
+                if isinstance(result, TrainingDivergedError):
+                    write_atomic(run.workdir / DIVERGED, str(result) + "\n")
+                    log(f"  {run.variant}/seed_{run.seed} diverged: {result}")
+        wall = time.perf_counter() - t0
+        records = []
+        for run in runs:
+            state = run_state(run)[0]
+            message = (run.workdir / DIVERGED).read_text().strip() if state == "diverged" else ""
+            records.append(RunRecord(run.variant, run.seed, run.workdir, state if state != "pending" else "failed",
+                                     message or ("not finished" if state == "pending" else "")))
+        result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records,
+                              getattr(module, "QUESTION", ""), getattr(module, "BASELINES", None))
+    finally:
+        lock.release()
     result.update(wall_time_s=wall, trained=len(pending))
     log(f"trained {len(pending)} runs in {wall:.1f} s; report: {workdir / 'report.md'}")
     return result

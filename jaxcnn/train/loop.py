@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,13 +19,16 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxcnn.config import ConfigError, flatten_config, flatten_dict, validate
+from jaxcnn import faults
+from jaxcnn.config import flatten_config, flatten_dict, validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.data.device import pad_for_eval
+from jaxcnn.errors import Interrupted, UserError, WorkdirError
+from jaxcnn.files import WorkdirLock, read_json, write_json
 from jaxcnn.models import count_params
 from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
 from jaxcnn.train import sharding
-from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.train.checkpoint import Checkpoints, best_record
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
@@ -30,57 +36,124 @@ from jaxcnn.train.trainer import Trainer
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Writes config.json, or checks that an existing one describes the same run."""
-    path = workdir / "config.json"
-    if path.exists():
-        old = flatten_dict(json.loads(path.read_text()))
-        flat = flatten_config(config)
-        changed = sorted(k for k in set(old) | set(flat)
-                         if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES)
-        if changed:
-            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
-            raise ConfigError(f"{workdir} holds a run with another config ({diffs}); "
-                              "use a new --workdir, or the same config to resume")
-    if jax.process_index() == 0:  # multi-host: one process writes the files, every one checkpoints
-        path.write_text(json.dumps(json.loads(config.to_json()), indent=2) + "\n")
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+    old, flat = flatten_dict(old), flatten_config(config)
+    changed = sorted(k for k in set(old) | set(flat) if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES)
+    return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
+
+
+def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuses, without writing anything, a workdir that holds a run of another config: the one in
+    config.json, or (when that file is missing or damaged) the one in its latest checkpoint."""
+    sources = []
+    stored = read_json(workdir / "config.json")
+    if isinstance(stored, dict):
+        sources.append(("config.json", stored))
+    if (workdir / "checkpoints").is_dir():
+        checkpoints = Checkpoints(workdir, read_only=True)
+        try:
+            latest = checkpoints.latest_meta()  # damaged newer ones are set aside by restore_latest later
+        finally:
+            checkpoints.close()
+        if latest is not None:
+            sources.append((f"the checkpoint of epoch {latest[0]}", latest[1]["config"]))
+    for where, old in sources:
+        diffs = _config_changes(old, config)
+        if diffs:
+            raise WorkdirError(f"{workdir} holds a run with another config ({diffs}, per {where}); "
+                               "use a new --workdir, or the same config to resume")
+
+
+class _StopRequest:
+    """Ctrl-C and SIGTERM while runs train: the first one is noted and the loop stops at the next
+    step boundary, so a signal never lands inside a checkpoint save; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _Run:
-    """One run's workdir: config check, checkpoints, history, TensorBoard and final outputs."""
+    """One run's workdir: config check, lock, checkpoints, history, TensorBoard and final outputs.
+
+    `check` reads only; `open` (after the data and the model were built without error) is the
+    first write, so a rejected config leaves the workdir as it was.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
-        validate(config)
         self.config = config
         self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir_config(self.workdir, config)
-        self.checkpoints = Checkpoints(self.workdir, config.checkpoint.keep)
-        self.history = read_history(self.workdir)
-        self.start = self.checkpoints.latest_epoch() or 0
+        self.primary = jax.process_index() == 0  # the process that writes metrics, figures, summary
+        self.lock = WorkdirLock(self.workdir)
+        self.checkpoints: Checkpoints | None = None
+        self.history: list[dict[str, Any]] = []
+        self.start = 0
+        self.saved = 0  # the last epoch whose checkpoint is saved or being saved
         self.compile_time = 0.0
         self.error: TrainingDivergedError | None = None
         self.writer = None
-        self.primary = jax.process_index() == 0  # the process that writes metrics, figures, summary
-        epochs = config.train.epochs
-        if self.start > epochs:
-            self.close()
-            raise ConfigError(f"{self.workdir} already holds {self.start} epochs, more than train.epochs={epochs}; "
-                              f"use train.epochs>={self.start} or a new --workdir")
-        if self.start and len(self.history) < self.start:
-            self.close()
-            raise ConfigError(f"{self.workdir}/metrics.jsonl holds {len(self.history)} epochs but the latest "
-                              f"checkpoint is epoch {self.start}; restore the file or use a new --workdir")
+
+    def check(self) -> None:
+        validate(self.config)
+        check_workdir(self.workdir, self.config)
+
+    def open(self) -> None:
+        if self.primary:  # multi-host: one process writes the files, every one checkpoints
+            self.lock.acquire()
+            check_workdir(self.workdir, self.config)  # again, now that no other process can write
+            write_json(self.workdir / "config.json", json.loads(self.config.to_json()))
+        self.checkpoints = Checkpoints(self.workdir, self.config.checkpoint.keep)
 
     def restore(self, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
+        """Resumes from the newest checkpoint that restores; the history is the one saved with it,
+        so metrics rows of epochs without a checkpoint are dropped and trained again."""
+        epochs = self.config.train.epochs
+        latest = self.checkpoints.latest_epoch() or 0
+        if latest > epochs:
+            raise WorkdirError(f"{self.workdir} already holds {latest} epochs, more than train.epochs={epochs}; "
+                               f"use train.epochs>={latest} or a new --workdir")
+        self.start, meta, damaged = self.checkpoints.restore_latest(model, optimizer)
+        self.saved = self.start
+        for message in damaged:
+            _note(message)
+        on_disk = read_history(self.workdir)
+        if "history" in meta:
+            self.history = meta["history"]
+        else:  # checkpoints written before the history was saved with them
+            self.history = [h for h in on_disk if h["epoch"] <= self.start]
+            if [h["epoch"] for h in self.history] != list(range(1, self.start + 1)):
+                raise WorkdirError(f"{self.workdir}/metrics.jsonl lacks epochs of the checkpoint of epoch "
+                                   f"{self.start}; restore the file or use a new --workdir")
+        dropped = [h["epoch"] for h in on_disk if h["epoch"] > self.start]
+        if dropped and not damaged:
+            which = f"epoch {dropped[0]}" if len(dropped) == 1 else f"epochs {dropped[0]}-{dropped[-1]}"
+            _note(f"{self.workdir}/metrics.jsonl holds {which} without a checkpoint (interrupted before it was "
+                  f"saved, or deleted); training from epoch {self.start + 1}")
         if self.start:
-            self.checkpoints.restore(self.start, model, optimizer)
-            self.history = self.history[:self.start]
-            self.compile_time = self.checkpoints.meta(self.start)["compile_time_s"]
+            self.compile_time = meta["compile_time_s"]
         if not self.primary:
             return
         write_history(self.workdir, self.history)
@@ -91,29 +164,37 @@ class _Run:
 
     def record(self, record: dict[str, Any], model: nnx.Module, optimizer: nnx.Optimizer,
                dataset: Dataset) -> None:
-        """Appends an epoch: history first (a resume truncates, never lacks, history), then the checkpoint."""
+        """Appends an epoch: its metrics row, then its checkpoint, which holds the whole history (a
+        resume takes the history from the checkpoint, so a kill between the two loses nothing)."""
+        epoch = record["epoch"]
         self.history.append(record)
         if self.primary:
             write_history(self.workdir, self.history)
-        best = max(self.history, key=lambda h: h["test_accuracy"])
-        self.checkpoints.save(record["epoch"], model, optimizer, {
-            **record, "best_epoch": best["epoch"], "compile_time_s": self.compile_time,
+        faults.at("metrics_written", epoch)
+        self.checkpoints.save(epoch, model, optimizer, {
+            **record, "best_epoch": best_record(self.history)["epoch"], "compile_time_s": self.compile_time,
             "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-            "input_shape": list(dataset.image_shape), "config": json.loads(self.config.to_json())})
+            "input_shape": list(dataset.image_shape), "config": json.loads(self.config.to_json()),
+            "history": self.history})
+        self.saved = epoch
+        faults.at("save_started", epoch)
         for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate"):
             if self.writer is not None:
-                self.writer.add_scalar(name, record[name], record["epoch"])
+                self.writer.add_scalar(name, record[name], epoch)
 
     def diverged(self, epoch: int, loss: float) -> None:
+        kept = (f"The checkpoints up to epoch {epoch - 1} are kept in {self.checkpoints.directory}." if epoch > 1
+                else "No checkpoint was written.")
         self.error = TrainingDivergedError(
-            f"epoch {epoch}: training loss became {loss}; stopped. The checkpoints up to "
-            f"epoch {epoch - 1} are kept in {self.checkpoints.directory}. Lower optim.learning_rate "
+            f"epoch {epoch}: training loss became {loss}; stopped. {kept} Lower optim.learning_rate "
             f"(now {self.config.optim.learning_rate}) or change the optimizer.")
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        self.checkpoints.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+        self.lock.release()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -154,28 +235,34 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
     """
     if len(configs) != len(workdirs) or not configs:
         raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs")
-    runs = []
-    try:
-        for config, workdir in zip(configs, workdirs):
-            runs.append(_Run(config, workdir))
-        starts = {run.start for run in runs}
-        if len(starts) > 1:
-            raise ConfigError("runs trained as one group must hold the same number of finished epochs; "
-                              + ", ".join(f"{run.workdir}: {run.start}" for run in runs))
-        return _train(runs, dataset or load_dataset(configs[0].data), progress)
-    finally:
-        for run in runs:
-            run.close()
+    runs = [_Run(config, workdir) for config, workdir in zip(configs, workdirs)]
+    # Everything that can reject the command runs before the first write to a workdir.
+    for run in runs:
+        run.check()
+    dataset = dataset or load_dataset(configs[0].data)
+    trainer = Trainer(list(configs), dataset.train_images, dataset.train_labels, dataset.num_classes)
+    with _StopRequest() as stop:
+        try:
+            for run in runs:
+                run.open()
+            for run, model, optimizer in zip(runs, trainer.models, trainer.optimizers):
+                run.restore(model, optimizer)
+            starts = {run.start for run in runs}
+            if len(starts) > 1:
+                raise WorkdirError("runs trained as one group must hold the same number of finished epochs; "
+                                   + ", ".join(f"{run.workdir}: {run.start}" for run in runs)
+                                   + " (train them one at a time: --group=no)")
+            return _train(runs, trainer, dataset, progress, stop)
+        finally:
+            for run in runs:
+                run.close()  # waits for the checkpoint saves in flight
 
 
-def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str, Any] | TrainingDivergedError]:
+def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
+           stop: _StopRequest) -> list[dict[str, Any] | TrainingDivergedError]:
     config, size, start = runs[0].config, len(runs), runs[0].start
     epochs = config.train.epochs
-    trainer = Trainer([run.config for run in runs], dataset.train_images, dataset.train_labels,
-                      dataset.num_classes)
     steps = trainer.steps
-    for run, model, optimizer in zip(runs, trainer.models, trainer.optimizers):
-        run.restore(model, optimizer)
 
     test_x, test_y, test_mask = sharding.put(pad_for_eval(
         dataset.test_images, dataset.test_labels, config.train.eval_batch_size), trainer.replicated)
@@ -200,9 +287,10 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
 
     n_test = len(dataset.test_labels)
     name = config.variant if size == 1 else f"{size} runs"
-    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step", disable=not progress,
-               dynamic_ncols=True, desc=f"epoch {start + 1}/{epochs}")
+    bar = tqdm(total=epochs * steps, initial=start * steps, unit="step", disable=not progress, dynamic_ncols=True,
+               desc=f"{name}: " + (f"epoch {start + 1}/{epochs}" if start < epochs else f"{epochs} epochs done"))
     predictions = None
+    epoch = start
     try:
         for epoch in range(start + 1, epochs + 1):
             if all(run.error for run in runs):
@@ -215,7 +303,9 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
                 bar.set_postfix(loss=f"{live[0] / live[2]:.4f}", acc=f"{live[1] / live[2]:.4f}", refresh=False)
                 bar.update((epoch - 1) * steps + i - bar.n)
 
-            sums = trainer.train_epoch(epoch, show, config.train.log_every)
+            sums = trainer.train_epoch(epoch, show, config.train.log_every, stop=lambda: stop.requested)
+            if sums is None:
+                raise KeyboardInterrupt
             epoch_time = (time.perf_counter() - t0) / size
             t0 = time.perf_counter()
             test_loss, test_correct, predictions = evaluate()
@@ -237,6 +327,15 @@ def _train(runs: list[_Run], dataset: Dataset, progress: bool) -> list[dict[str,
                 bar.set_postfix(loss=f"{np.mean([h['train_loss'] for h in live]):.4f}",
                                 acc=f"{np.mean([h['train_accuracy'] for h in live]):.4f}",
                                 test_acc=f"{np.mean([h['test_accuracy'] for h in live]):.4f}")
+            if stop.requested:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        saved = min(run.saved for run in runs)  # close() waits for the saves in flight
+        where = runs[0].workdir if size == 1 else f"{size} workdirs"
+        when = f"after epoch {saved}" if saved == epoch else f"in epoch {saved + 1} (not saved)"
+        kept = f"epochs 1-{saved} are saved in {where}" if saved else "no epoch was saved"
+        raise Interrupted(f"interrupted {when}; {kept}; rerun the same command to resume") from None
     finally:
         bar.close()
 

@@ -45,6 +45,24 @@ GROUP_FREE_KEYS = ("variant", "seed", *(f"optim.{k}" for k in HYPERPARAMS),
                    "train.log_every", "checkpoint.keep", "report.grid_size")
 
 
+def check_trainable(config: ml_collections.ConfigDict, num_examples: int, num_classes: int) -> None:
+    """Everything `Trainer` would refuse about `config` on this data, checked without training or
+    writing anything: batch vs data size and device count, the model (built abstractly), the
+    transfer and SSL settings. Raises ConfigError."""
+    mesh = sharding.make_mesh(config.get("mesh", 0))
+    sharding.check_batch(config.train.batch_size, mesh, "train.batch_size")
+    sharding.check_batch(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+    if num_examples < config.train.batch_size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is larger than the {num_examples} "
+                          "training images")
+    nnx.eval_shape(lambda: build_model(config.model, num_classes, model_input_shape(config), config.seed))
+    _, init = transfer.transfer_config(config)
+    if init:
+        transfer.read_meta(init)  # converted weights that exist and are readable
+    if config.get("ssl") is not None:
+        ssl_pretrain.check_method(config)
+
+
 def group_key(config: ml_collections.ConfigDict) -> str:
     """Configs with equal keys can train together as one vmapped program (`Trainer`)."""
     flat = flatten_config(config)
@@ -75,13 +93,10 @@ class Trainer:
         self.batch_size = config.train.batch_size
         self.num_examples = len(labels)
         self.steps = self.num_examples // self.batch_size
+        for c in configs:
+            check_trainable(c, self.num_examples, num_classes)
         self.mesh = sharding.make_mesh(config.get("mesh", 0))
-        sharding.check_batch(self.batch_size, self.mesh, "train.batch_size")
-        sharding.check_batch(config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
         self.replicated = sharding.replicated(self.mesh)
-        if self.steps < 1:
-            raise ConfigError(f"train.batch_size={self.batch_size} is larger than the {self.num_examples} "
-                              "training images")
         self.models, self.optimizers, self.schedules = [], [], []
         self.init_info: list[dict] = []  # per member: how it was initialised (pretrained trunk, time)
         self.wrt = transfer.trainable(config)
@@ -143,11 +158,14 @@ class Trainer:
         perm = sharding.put(perm, sharding.batch_sharding(self.mesh, leading=perm.ndim - 1))
         return self.images, self.labels, perm, sharding.put(key, self.replicated)
 
-    def train_epoch(self, epoch: int, progress: Progress | None = None, every: int = 20) -> np.ndarray:
+    def train_epoch(self, epoch: int, progress: Progress | None = None, every: int = 20,
+                    stop: Callable[[], bool] | None = None) -> np.ndarray | None:
         """Trains one epoch in place; returns [loss_sum, correct, count] per member, (members, 3), on the host.
 
         With the Python loop, `progress` is called every `every` steps and at the end with the
-        members' sums so far; the epoch stops early once every member's loss is not finite.
+        members' sums so far; the epoch stops early once every member's loss is not finite. When
+        `stop()` turns true between two steps (Ctrl-C), the epoch is abandoned: None, and the
+        members' state is not to be used (its buffers were donated to the step).
         """
         data = self._epoch_data(epoch)
         carry = (self._state(), self._metrics(), jnp.int32(0))
@@ -155,6 +173,8 @@ class Trainer:
             carry = self._train_fn(carry, data)
         else:
             for i in range(1, self.steps + 1):
+                if stop is not None and stop():
+                    return None
                 carry = self._train_fn(carry, data)
                 if progress is not None and (i % every == 0 or i == self.steps):
                     sums = np.asarray(carry[1]).reshape(self.size, 3)
