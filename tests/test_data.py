@@ -1,19 +1,15 @@
 """Tests for jaxcnn.data: embedded MNIST, image reading, folders, class subsets, TFDS, device side.
 
-TensorFlow is never imported in this process (importing it before torch segfaults here): the
-TFDS tests run their bodies in one child process, which reports each check's result as JSON.
+TensorFlow is never imported in this process (importing it before torch segfaults here); TFDS's own
+builders are tested in test_tfds.py, through child processes.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib.util
-import json
-import os
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +26,6 @@ from jaxcnn.data.folder import load_folder
 from jaxcnn.data.images import ImageError, convert, load_image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TFDS_METADATA = REPO / "tests" / "data" / "tfds_metadata"
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -484,152 +479,8 @@ def test_truncate_zero_means_all(mnist):
 
 
 # --------------------------------------------------------------------------------------------
-# 5. TFDS, offline, in a child process (TensorFlow must not be imported in this process)
+# 5. TFDS stays out of this process (the real TFDS tests are in test_tfds.py)
 # --------------------------------------------------------------------------------------------
-
-TFDS_CHILD = textwrap.dedent(r'''
-    import json, sys, traceback
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from jaxcnn.config import ConfigError, default_config
-    from jaxcnn.data import load_dataset
-    from jaxcnn.data.dataset import select_classes
-    from jaxcnn.data.embedded import load_mnist5k
-    from jaxcnn.data.tfds import load_tfds
-
-    METADATA, RESULTS = sys.argv[1], sys.argv[2]
-    mnist = load_mnist5k()
-    rng = np.random.default_rng(0)
-    SERVED = {
-        "mnist": {"train": (mnist.train_images[:300], mnist.train_labels[:300]),
-                  "test": (mnist.test_images[:200], mnist.test_labels[:200])},
-        "cifar100": {"train": (rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-                               rng.integers(0, 100, 40)),
-                     "test": (rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-                              rng.integers(0, 100, 16))},
-    }
-    calls = []
-
-    def as_dataset_fn(self, split, decoders=None, read_config=None, shuffle_files=False, **kwargs):
-        calls.append((self.name, str(split), shuffle_files))
-        images, labels = SERVED[self.name][str(split)]
-        features = {"image": images, "label": labels.astype(np.int64)}
-        if self.name == "cifar100":
-            features["coarse_label"] = (labels // 5).astype(np.int64)
-            features["id"] = np.array([f"id{i}".encode() for i in range(len(labels))])
-        return tf.data.Dataset.from_tensor_slices(features)
-
-    def mocked():
-        return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=METADATA,
-                                      as_dataset_fn=as_dataset_fn)
-
-    def check_served(dataset, name):
-        for split in ("train", "test"):
-            images, labels = SERVED[name][split]
-            got_images, got_labels = getattr(dataset, f"{split}_images"), getattr(dataset, f"{split}_labels")
-            assert got_images.dtype == np.uint8 and got_labels.dtype == np.int32, (got_images.dtype, got_labels.dtype)
-            assert got_images.shape == images.shape, (got_images.shape, images.shape)
-            np.testing.assert_array_equal(got_images, images)  # order is preserved
-            np.testing.assert_array_equal(got_labels, labels)
-
-    def check_mnist_load_tfds():
-        calls.clear()
-        with mocked():
-            dataset = load_tfds("mnist", "", "train", "test")
-        assert dataset.name == "mnist"
-        assert dataset.class_names == tuple(str(c) for c in range(10)), dataset.class_names
-        assert dataset.train_images.shape == (300, 28, 28, 1)
-        assert dataset.test_images.shape == (200, 28, 28, 1)
-        check_served(dataset, "mnist")
-        train = {x.tobytes() for x in dataset.train_images}
-        assert not train & {x.tobytes() for x in dataset.test_images}, "train and test share images"
-        assert [c[1] for c in calls] == ["train", "test"], calls
-        assert not any(c[2] for c in calls), "files shuffled"
-
-    def check_mnist_load_dataset_prefixes():
-        results = []
-        for source in ("mnist", "tfds:mnist"):
-            data = default_config().data
-            data.source = source
-            with mocked():
-                dataset = load_dataset(data)
-            assert dataset.name == "mnist", dataset.name
-            assert dataset.class_names == tuple(str(c) for c in range(10))
-            check_served(dataset, "mnist")
-            results.append(dataset)
-        np.testing.assert_array_equal(results[0].train_images, results[1].train_images)
-
-    def check_mnist_classes_and_limits():
-        data = default_config().data
-        data.source, data.classes, data.max_train, data.max_test = "tfds:mnist", (7, 2, 5), 50, 20
-        with mocked():
-            dataset = load_dataset(data)
-        assert dataset.class_names == ("7", "2", "5")
-        images, labels = SERVED["mnist"]["train"]
-        keep = np.isin(labels, [7, 2, 5])
-        np.testing.assert_array_equal(dataset.train_images, images[keep][:50])
-        np.testing.assert_array_equal(dataset.train_labels,
-                                      np.select([labels[keep] == 7, labels[keep] == 2], [0, 1], 2)[:50])
-        assert dataset.test_images.shape == (20, 28, 28, 1)
-
-    def check_cifar100_rgb():
-        with mocked():
-            dataset = load_tfds("cifar100", "", "train", "test")
-        assert dataset.num_classes == 100
-        assert dataset.image_shape == (32, 32, 3)
-        check_served(dataset, "cifar100")
-
-    def check_bad_names():
-        # unknown names, versions and configs: a ConfigError that names what was asked for
-        for source, named in (("tfds:no_such_dataset_xyz", "no_such_dataset_xyz"),
-                              ("no_such_dataset_xyz", "no_such_dataset_xyz"),
-                              ("tfds:mnist:9.9.9", "mnist:9.9.9"),
-                              ("tfds:mnist/no_such_config", "mnist/no_such_config"),
-                              ("tfds:no such name", "no such name")):
-            data = default_config().data
-            data.source = source
-            try:
-                with mocked():
-                    load_dataset(data)
-            except ConfigError as e:
-                assert named in str(e), str(e)
-            else:
-                raise AssertionError(f"{source}: no ConfigError")
-
-    results = {}
-    for name, fn in list(globals().items()):
-        if name.startswith("check_") and name != "check_served":
-            try:
-                fn()
-                results[name] = "ok"
-            except BaseException:
-                results[name] = traceback.format_exc()
-    with open(RESULTS, "w") as f:
-        json.dump(results, f)
-''')
-
-
-@pytest.fixture(scope="module")
-def tfds_results(tmp_path_factory):
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        pytest.skip("tensorflow_datasets is not installed")
-    results = tmp_path_factory.mktemp("tfds") / "results.json"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", TFDS_CHILD, str(TFDS_METADATA), str(results)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 or not results.exists():
-        pytest.fail(f"TFDS child process failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-6000:]}")
-    return json.loads(results.read_text())
-
-
-@pytest.mark.parametrize("check", ["check_mnist_load_tfds", "check_mnist_load_dataset_prefixes",
-                                   "check_mnist_classes_and_limits", "check_cifar100_rgb",
-                                   "check_bad_names"])
-def test_tfds_offline(tfds_results, check):
-    assert check in tfds_results, sorted(tfds_results)
-    assert tfds_results[check] == "ok", tfds_results[check]
 
 
 def test_data_modules_do_not_import_tensorflow():

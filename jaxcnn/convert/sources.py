@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.config import ConfigError
+from jaxcnn.download import check_reachable, download_failed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LIBRARIES = ("timm", "torchvision")
+OFFLINE_ADVICE = ("download the weights file on a machine with a network and convert it with --checkpoint FILE "
+                  "(same --source)")
 
 
 @dataclasses.dataclass
@@ -81,6 +84,32 @@ def _imagenet_names_timm() -> tuple[str, ...]:
     return tuple(info.index_to_description(i) for i in range(1000))
 
 
+def _check_timm_download(name: str, spec: str) -> None:
+    """Fails fast offline unless timm's weights for `name` are already in the Hugging Face cache."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return  # unknown model or tag: timm.create_model says so
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"):
+            if filename and isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+                return
+        check_reachable([f"https://huggingface.co/{repo}"], f"the weights of {spec}", OFFLINE_ADVICE)
+    elif cfg.url and not _torch_hub_cached(cfg.url):
+        check_reachable([cfg.url], f"the weights of {spec}", OFFLINE_ADVICE)
+
+
+def _torch_hub_cached(url: str) -> bool:
+    """Whether torch.hub (torchvision's and timm's URL downloads) already holds the file of `url`."""
+    import torch
+
+    return (pathlib.Path(torch.hub.get_dir()) / "checkpoints" / pathlib.PurePosixPath(url).name).is_file()
+
+
 def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = True) -> Source:
     """Builds the PyTorch model of `spec` (`timm:NAME` or `torchvision:NAME`) with its weights.
 
@@ -99,10 +128,18 @@ def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = Tru
 
         if architecture == "alexnet":
             raise ConfigError("timm has no AlexNet; use --source torchvision:alexnet")
+        if download:
+            _check_timm_download(name, spec)
         try:
             model = timm.create_model(name, pretrained=download)
         except RuntimeError as e:
-            raise ConfigError(f"--source {spec!r}: {str(e).splitlines()[0]}") from None
+            if "Unknown model" in str(e) or not download:
+                raise ConfigError(f"--source {spec!r}: {str(e).splitlines()[0]}") from None
+            raise download_failed(f"the weights of {spec}", e, OFFLINE_ADVICE) from None
+        except Exception as e:  # noqa: BLE001 - Hugging Face Hub / HTTP errors of a failed download
+            if not download:
+                raise
+            raise download_failed(f"the weights of {spec}", e, OFFLINE_ADVICE) from None
         cfg = model.pretrained_cfg
         input_size, mean, std = tuple(cfg.get("input_size", (3, 224, 224))), cfg["mean"], cfg["std"]
         interpolation, crop_pct = cfg.get("interpolation", "bilinear"), float(cfg.get("crop_pct", 0.875))
@@ -114,7 +151,14 @@ def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = Tru
         if name not in torchvision.models.list_models():
             raise ConfigError(f"--source {spec!r}: torchvision has no model {name!r}")
         weights = torchvision.models.get_model_weights(name).DEFAULT if download else None
-        model = torchvision.models.get_model(name, weights=weights)
+        if weights is not None and not _torch_hub_cached(weights.url):
+            check_reachable([weights.url], f"the weights of {spec}", OFFLINE_ADVICE)
+        try:
+            model = torchvision.models.get_model(name, weights=weights)
+        except Exception as e:  # noqa: BLE001 - URLError, a truncated file, a hash mismatch
+            if weights is None:
+                raise
+            raise download_failed(f"the weights of {spec}", e, OFFLINE_ADVICE) from None
         meta = weights.meta if weights is not None else torchvision.models.get_model_weights(name).DEFAULT.meta
         transforms = (weights or torchvision.models.get_model_weights(name).DEFAULT).transforms()
         crop = transforms.crop_size[0]
