@@ -156,15 +156,14 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
     module = load_config_module(config_path)
     runs = plan_study(module, config_path, workdir, seeds, variants, overrides)
     workdir = pathlib.Path(workdir)
-    datasets = _check_runs(runs)  # every run's config, data and model, before anything is written
     _check_claim(workdir, config_path, overrides)
+    pending = [run for run in runs if run_state(run)[0] == "pending"]
+    datasets = _check_runs(pending)  # their configs, data and models, before anything is written
     lock = WorkdirLock(workdir)
     if jax.process_index() == 0:
         lock.acquire()
     try:
         write_json(workdir / STUDY_JSON, _check_claim(workdir, config_path, overrides))  # again, locked
-        states = {id(run): run_state(run)[0] for run in runs}
-        pending = [run for run in runs if states[id(run)] == "pending"]
         log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
         groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
         t0 = time.perf_counter()
