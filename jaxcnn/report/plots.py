@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -88,7 +89,7 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndar
     gap, label_h = max(2, w // 8), max(6, h // 2)  # pixels between tiles, and above each for its label
     cell_h, cell_w = h + label_h + gap, w + gap
     mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, np.uint8)
-    fig, ax = plt.subplots(figsize=(1.6 * cols, 1.8 * rows))
+    fig, ax = plt.subplots(figsize=(max(1.6 * cols, 4.0), 1.8 * rows + 0.4))  # wide enough for the title
     for i, (image, label, pred) in enumerate(zip(images, labels, predictions)):
         r, col = divmod(i, cols)
         top, left = r * cell_h + label_h, col * cell_w
@@ -98,5 +99,5 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predictions: np.ndar
         ax.text(left + w / 2, top - 1, text, ha="center", va="bottom", fontsize=8, color="green" if ok else "red")
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 48), fontsize=10)
     save_figure(fig, path)
