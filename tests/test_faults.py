@@ -253,11 +253,11 @@ def test_when_no_checkpoint_restores_the_error_is_one_line_and_nothing_is_moved(
 
 
 def test_damaged_and_missing_run_files_are_rebuilt_from_the_checkpoints(reference, trained):
-    """An empty config.json, a torn last metrics line and a half-written metrics.csv: the rerun
+    """An empty config.json, a garbage and a torn metrics line, a half-written metrics.csv: the rerun
     rewrites them from the checkpoint (it used to die with a JSONDecodeError)."""
     (trained / "config.json").write_text("")
     lines = (trained / "metrics.jsonl").read_text().splitlines()
-    (trained / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])
+    (trained / "metrics.jsonl").write_text(lines[0] + "\n\x00\x00garbage\n" + lines[1] + "\n" + lines[2][:30])
     (trained / "metrics.csv").write_text("epoch,train_lo")
     loop.train_and_evaluate(lenet.get_config(SMALL), trained, progress=False)
     assert json.loads((trained / "config.json").read_text())["variant"] == "3"
