@@ -2,7 +2,8 @@
 
 `JAXCNN_FAULT=POINT:EPOCH:SIGNAL` (e.g. `metrics_written:1:SIGKILL`) makes the process send SIGNAL
 to itself when it reaches POINT in EPOCH, so a test can kill a run exactly in the window it
-examines (after a metrics row, with a checkpoint save in flight, while figures are written).
+examines: `metrics_written` (after an epoch's metrics row, before its checkpoint), `save_started`
+(with the checkpoint save in flight), `figures` (while the final figures are written).
 Without the variable `at` does nothing.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-
-POINTS = ("metrics_written", "save_started", "figures")
 
 
 def at(point: str, epoch: int) -> None:

@@ -2,16 +2,13 @@
 
 import csv
 import json
-import pathlib
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from jaxcnn.config import ConfigError
 from jaxcnn.errors import WorkdirError
-from jaxcnn.models import build_model
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.metrics import confusion_matrix, per_class_report
@@ -81,15 +78,6 @@ def test_metrics_from_fixed_predictions():
 
 def small_config(arg: str = "3"):
     return lenet.get_config(f"{arg},data.max_train=1000,data.max_test=300,epochs=3,optim.schedule=cosine")
-
-
-def read_params(workdir: pathlib.Path, epoch: int) -> dict:
-    config = small_config()
-    model = build_model(config.model, 10, (28, 28, 1), 0)
-    checkpoints = Checkpoints(workdir, read_only=True)
-    checkpoints.restore(epoch, model)
-    checkpoints.close()
-    return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def test_rerun_of_a_finished_run_trains_nothing_and_more_epochs_continue(tmp_path):

@@ -15,9 +15,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxcnn.config import ConfigError, default_config
+from jaxcnn.errors import first_line
 from jaxcnn.files import read_json, write_json
 from jaxcnn.models import build_model
-from jaxcnn.errors import first_line
 from jaxcnn.train.checkpoint import checksum
 
 META_JSON = "meta.json"
@@ -92,17 +92,12 @@ def restore_variables(path: str | pathlib.Path, module: nnx.Module, expected: st
     nnx.update(module, state)
 
 
-def restore_into(path: str | pathlib.Path, model: nnx.Module) -> None:
-    """Loads the converted weights into `model` (same architecture and class count)."""
-    restore_variables(pathlib.Path(path) / WEIGHTS, model, read_meta(path).get("checksum"))
-
-
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
     """The converted model (eval mode) and its meta."""
     meta = read_meta(path)
     config = model_config(meta)
     channels, height, width = meta["input_size"]
     model = build_model(config.model, meta["num_classes"], (height, width, channels), 0)
-    restore_into(path, model)
+    restore_variables(pathlib.Path(path) / WEIGHTS, model, meta.get("checksum"))
     model.eval()
     return model, meta
