@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -26,7 +27,8 @@ from jaxcnn.train.checkpoint import DAMAGED, Checkpoints
 from tests.test_config import lenet
 
 REPO = pathlib.Path(__file__).parent.parent
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+# The runs started here compute on the backend the test process uses (their results are compared with in-process runs).
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 SMALL = "3,data.max_train=500,data.max_test=200,epochs=3,optim.schedule=cosine"
 
 
@@ -81,15 +83,33 @@ def params(workdir: pathlib.Path, epoch: int) -> dict[str, np.ndarray]:
     return {str(k): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+# On a CPU a resumed run equals the uninterrupted one bit for bit. On a GPU it does not: on an H100 (jax 0.11.2) the
+# parameters after 3 epochs differed by up to 2e-6 relative, also with XLA_FLAGS=--xla_gpu_deterministic_ops=true
+# (cause not established; each process chooses its own convolution algorithms). There the runs must agree to
+# float32 rounding, and the test accuracy to one test image.
+BIT_EXACT = jax.default_backend() == "cpu"
+
+
 def assert_same_run(a: pathlib.Path, b: pathlib.Path, epochs: int = 3) -> None:
     assert [r["epoch"] for r in history(b)] == list(range(1, epochs + 1))
-    assert history(a) == history(b)
+    ha, hb = history(a), history(b)
+    final_a = json.loads((a / "summary.json").read_text())["final_test_accuracy"]
+    final_b = json.loads((b / "summary.json").read_text())["final_test_accuracy"]
     pa, pb = params(a, epochs), params(b, epochs)
     assert pa.keys() == pb.keys()
+    if BIT_EXACT:
+        assert ha == hb
+        for k in pa:
+            np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+        assert final_a == final_b
+        return
+    assert [r.keys() for r in ha] == [r.keys() for r in hb]
+    for ra, rb in zip(ha, hb):
+        for k in ra:
+            np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1 / 200 if "accuracy" in k else 0, err_msg=k)
     for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-    assert json.loads((a / "summary.json").read_text())["final_test_accuracy"] == \
-        json.loads((b / "summary.json").read_text())["final_test_accuracy"]
+        np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert abs(final_a - final_b) <= 1 / 200
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_eight_devices_train_like_one_split_the_batch_and_resume_on_another_count():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "tests.multidevice_check", "python", "resume", "errors",
                              "scaling"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
