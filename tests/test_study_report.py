@@ -12,7 +12,9 @@ from PIL import Image
 
 from jaxcnn.report import run as run_outputs
 from jaxcnn.report.run import read_per_class, summarize, write_history, write_outputs
-from jaxcnn.study.report import RunRecord, welch_t, write_report
+from jaxcnn.study.report import write_report
+from jaxcnn.study.runs import RunRecord
+from jaxcnn.study.stats import welch_t
 
 CLASSES = ("cat", "dog", "bird")
 N_TEST = 60

@@ -9,9 +9,9 @@ from PIL import Image
 
 from jaxcnn.config import ConfigError
 from jaxcnn.errors import WorkdirError
+from jaxcnn.report.metrics import confusion_matrix, per_class_report
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
-from jaxcnn.train.metrics import confusion_matrix, per_class_report
 from tests.test_config import lenet
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from jaxcnn import faults
 from jaxcnn.files import atomic_path, read_json_lines, write_atomic, write_json
 from jaxcnn.report import plots
+from jaxcnn.report.markdown import table
+from jaxcnn.report.metrics import confusion_matrix, per_class_report
 from jaxcnn.train.checkpoint import best_record
-from jaxcnn.train.metrics import confusion_matrix, per_class_report
 
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
@@ -93,37 +94,34 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
     n = min(grid_size, len(test_labels))
     plots.prediction_grid(test_images[:n], test_labels[:n], predictions[:n], class_names,
                           workdir / "predictions.png", f"{title}: first {n} test images")
+    per_class = [[name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")), int(report["support"][i])]
+                 for i, name in enumerate(class_names)]
     with atomic_path(workdir / PER_CLASS_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for i, name in enumerate(class_names):
-            writer.writerow([name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")),
-                             int(report["support"][i])])
+        writer.writerows(per_class)
     with atomic_path(workdir / CONFUSION_CSV) as tmp:
         np.savetxt(tmp, matrix, fmt="%d", delimiter=",")
-    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, class_names, report))
+    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class))
     write_json(workdir / SUMMARY_JSON, summary)
 
 
-def _summary_markdown(title: str, s: dict[str, Any], class_names: Sequence[str], report: dict) -> str:
-    lines = [
-        f"# {title}", "",
-        "| metric | value |", "|---|---|",
-        f"| final test accuracy (epoch {s['epochs']}) | {s['final_test_accuracy']:.4f} |",
-        f"| best test accuracy (epoch {s['best_epoch']}) | {s['best_test_accuracy']:.4f} |",
-        f"| final train accuracy (running mean over the last epoch) | {s['final_train_accuracy']:.4f} |",
-        f"| overfitting gap (train − test accuracy, final) | {s['overfitting_gap']:+.4f} |",
-        f"| test loss rise above its minimum | {s['test_loss_rise']:.4f} |",
-        f"| time per epoch (training, mean) | {s['mean_epoch_time_s']:.2f} s |",
-        f"| total training time | {s['total_train_time_s']:.1f} s |",
-        f"| compile time | {s['compile_time_s']:.1f} s |",
-        f"| parameters | {s['num_params']:,} |",
-        "", "## Per class (test, final model)", "",
-        "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequence[Any]]) -> str:
+    """summary.md: the summary's numbers, the per-class rows (as in per_class.csv), the figures."""
+    metrics = [
+        (f"final test accuracy (epoch {s['epochs']})", f"{s['final_test_accuracy']:.4f}"),
+        (f"best test accuracy (epoch {s['best_epoch']})", f"{s['best_test_accuracy']:.4f}"),
+        ("final train accuracy (running mean over the last epoch)", f"{s['final_train_accuracy']:.4f}"),
+        ("overfitting gap (train − test accuracy, final)", f"{s['overfitting_gap']:+.4f}"),
+        ("test loss rise above its minimum", f"{s['test_loss_rise']:.4f}"),
+        ("time per epoch (training, mean)", f"{s['mean_epoch_time_s']:.2f} s"),
+        ("total training time", f"{s['total_train_time_s']:.1f} s"),
+        ("compile time", f"{s['compile_time_s']:.1f} s"),
+        ("parameters", f"{s['num_params']:,}"),
     ]
-    for i, name in enumerate(class_names):
-        lines.append(f"| {name} | {report['precision'][i]:.4f} | {report['recall'][i]:.4f} | "
-                     f"{report['f1'][i]:.4f} | {int(report['support'][i])} |")
-    lines += ["", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
-              "", "![predictions](predictions.png)", ""]
-    return "\n".join(lines)
+    return "\n".join([
+        f"# {title}", "", *table(("metric", "value"), metrics),
+        "", "## Per class (test, final model)", "",
+        *table(("class", "precision", "recall", "F1", "support"), per_class),
+        "", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
+        "", "![predictions](predictions.png)", ""])

@@ -1,0 +1,167 @@
+"""A study's report.md: results and timing tables, unfinished runs, gains against baselines, the
+ranking with its Welch comparisons and verdict, the figures, and per-class numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, percent, statistic, table
+from jaxcnn.study.runs import STATUSES, Run, RunRecord, epochs_completed
+from jaxcnn.study.stats import PROJECTED_EPOCHS, SPREAD_T, unique
+
+VERDICT_TEXT = {"exceeds": "exceeds the seed spread", "within": "within the seed spread",
+                "unknown": "spread unknown (fewer than 2 seeds)"}
+
+
+def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[str, list[Run]],
+             result: dict, curves: bool, matrices: bool) -> str:
+    """report.md from the runs, their aggregates (`jaxcnn.study.stats.aggregate`) and which figures exist."""
+    stats = result["variants"]
+    finished = [f for done in by_variant.values() for f in done]
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
+    datasets = listing(unique([f.summary.get("dataset") for f in finished]), "")
+    backends = listing(unique([f.summary.get("backend") for f in finished]), "")
+    lines = [f"# {title}", ""]
+    if question:
+        lines += ["## Question", "", question.strip(), ""]
+    lines += [
+        f"{len(runs)} runs of {len(by_variant)} variants: {counts['done']} finished, {counts['diverged']} diverged, "
+        f"{counts['failed']} failed. Dataset: {datasets}; backend: {backends}. Per-run numbers: "
+        "[results.csv](results.csv).", "",
+        "Every number below is over a variant's finished seeds only: the mean, and after ± the sample "
+        "standard deviation over seeds (ddof = 1; – where fewer than 2 seeds finished). Accuracies are "
+        "in percent, at the final epoch unless marked best.", "",
+        "## Results", "",
+    ]
+    lines += _results_table(stats)
+    lines.append("")
+    lines += _times_table(stats)
+    lines += [
+        "", "Times are means over seeds: training time per epoch (without evaluation), its sum over the "
+        f"epochs, and {PROJECTED_EPOCHS} × the time per epoch (compile time not included). A group size "
+        "above 1 means the run was trained together with others in one vmapped program; its time per "
+        "epoch is then the group's wall time divided by the group size.", "",
+    ]
+    lines += _failed_section(runs)
+    lines += _baseline_section(result["against_baseline"])
+    lines += _ranking_section(result, stats)
+    lines += ["## Learning curves", ""]
+    if curves:
+        lines += ["![learning curves](curves.png)", "",
+                  "*Test accuracy, test loss, train accuracy and train loss per epoch, one colour per variant: "
+                  "the line is the mean over seeds, the shaded band ±1 sample standard deviation over seeds "
+                  "(no band where fewer than 2 seeds reached that epoch). Train numbers are running means "
+                  "over each epoch; test numbers are of the model at the epoch's end.*", ""]
+    else:
+        lines += ["No finished run has a metrics.jsonl.", ""]
+    lines += ["## Confusion matrices", ""]
+    if matrices:
+        lines += ["![confusion matrices](confusion_matrices.png)", "",
+                  "*Test set, final model; one panel per variant with the counts summed over its seeds, "
+                  "each row normalised: cells are the percent of a true class (row) predicted as each "
+                  "class (column).*", ""]
+    else:
+        lines += ["No finished run has a confusion_matrix.csv.", ""]
+    lines += _per_class_section(by_variant)
+    return "\n".join(lines)
+
+
+def _results_table(stats: dict[str, dict]) -> list[str]:
+    """Accuracy and overfitting per variant (– throughout where no seed finished)."""
+    header = ("variant", "seeds", "epochs", "test accuracy % (final)", "best test accuracy %", "best epoch",
+              "train accuracy % (final)", "overfitting: train − test (points)",
+              "overfitting: test-loss rise above its minimum")
+    return table(header, [
+        [v, f"{s['n']}" + (f" of {s['n'] + len(s['excluded'])}" if s["excluded"] else ""),
+         number(s["epochs_mean"], ".0f"), percent(s["test_accuracy_mean"], s["test_accuracy_std"], with_std=True),
+         percent(s["best_test_accuracy_mean"]), number(s["best_epoch_mean"], ".1f"),
+         percent(s["final_train_accuracy_mean"]), number(_points(s["overfitting_gap_mean"]), "+.2f"),
+         number(s["test_loss_rise_mean"], ".4f")]
+        for v, s in stats.items()])
+
+
+def _times_table(stats: dict[str, dict]) -> list[str]:
+    """Timing and size per variant (– throughout where no seed finished)."""
+    header = ("variant", "time per epoch", "total training time", "projected for 100 epochs", "compile time",
+              "parameters", "group size")
+    return table(header, [
+        [v, number(s["mean_epoch_time_s_mean"], ".3f", " s"), number(s["total_train_time_s_mean"], ".1f", " s"),
+         duration(s["projected_100_epochs_s"]), number(s["compile_time_s_mean"], ".1f", " s"),
+         listing(s["num_params"], ","), listing(s["group_size"])]
+        for v, s in stats.items()])
+
+
+def _points(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _failed_section(runs: list[RunRecord]) -> list[str]:
+    bad = [r for r in runs if r.status != "done"]
+    if not bad:
+        return []
+    return ["## Runs that did not finish", "", "These runs are left out of every statistic in this report.", "",
+            *table(("variant", "seed", "status", "epochs completed", "message"),
+                   [[r.variant, r.seed, r.status, epochs_completed(r), r.message or MISSING] for r in bad]), ""]
+
+
+def _baseline_section(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    return ["## Against the baseline", "",
+            "Each variant's mean final test accuracy minus its baseline's (points), Welch's t over seeds "
+            f"(|t| > {SPREAD_T:g}: the gain exceeds the seed spread), and the time its initialisation took "
+            "(pretraining, mean over seeds; 0 for none).", "",
+            *table(("variant", "baseline", "gain (points)", "Welch t", "verdict", "pretraining time"),
+                   [[c["a"], c["b"], f"{100 * c['difference']:+.2f}", statistic(c["t"]), VERDICT_TEXT[c["verdict"]],
+                     number(c["pretrain_time_s"], ".1f", " s")] for c in rows]), ""]
+
+
+def _ranking_section(result: dict, stats: dict[str, dict]) -> list[str]:
+    ranking = result["ranking"]
+    lines = ["## Ranking", ""]
+    if not ranking:
+        return lines + [result["verdict"], ""]
+    lines += ["Variants by mean final test accuracy:", ""]
+    for i, v in enumerate(ranking, 1):
+        s = stats[v]
+        lines.append(f"{i}. **{cell(v)}**: {percent(s['test_accuracy_mean'], s['test_accuracy_std'], True)} % "
+                     f"({s['n']} seed{'s' * (s['n'] != 1)})")
+    lines.append("")
+    if len(ranking) > 1:
+        lines += [
+            "A difference *exceeds the seed spread* when Welch's t = (mean₁ − mean₂) / √(s₁²/n₁ + s₂²/n₂), "
+            f"with s the sample standard deviation of the final test accuracy over seeds, has |t| > {SPREAD_T:g}. "
+            "That is a rough rule: with few seeds (small df, the Welch–Satterthwaite degrees of freedom) "
+            "a |t| just above 2 is weak evidence (the two-sided 5 % critical value is 4.30 at df = 2 and "
+            "2.78 at df = 4). With fewer than 2 seeds on either side the spread is unknown.", ""]
+        for kind, heading in (("adjacent", "Adjacent pairs in the ranking"), ("best", "The best against each other")):
+            rows = [[f"{c['a']} vs {c['b']}", f"{100 * c['difference']:+.2f}", statistic(c["t"]),
+                     MISSING if c["df"] is None or math.isnan(c["df"]) else f"{c['df']:.1f}",
+                     VERDICT_TEXT[c["verdict"]]] for c in result["comparisons"] if c["kind"] == kind]
+            header = ("comparison", "difference (points)", "Welch t", "df", "verdict")
+            lines += [f"{heading}:", "", *table(header, rows), ""]
+    return lines + [f"**Verdict.** {result['verdict']}", ""]
+
+
+def _per_class_section(by_variant: dict[str, list[Run]]) -> list[str]:
+    lines = ["## Per class", "", "Test set, final model; precision, recall and F1 are means over the "
+             "variant's finished seeds (from each run's per_class.csv), support is per run.", ""]
+    for v, done in by_variant.items():
+        runs = [f for f in done if f.per_class]
+        if not runs:
+            continue
+        names = runs[0].per_class["class"]
+        for f in runs:
+            if f.per_class["class"] != names:
+                raise ValueError(f"variant {v!r}: classes of {f.record.workdir} differ from those of "
+                                 f"{runs[0].record.workdir}")
+        mean = {k: np.mean([f.per_class[k] for f in runs], axis=0) for k in ("precision", "recall", "f1", "support")}
+        rows = [[name, *(f"{mean[k][i]:.4f}" for k in ("precision", "recall", "f1")), f"{mean['support'][i]:g}"]
+                for i, name in enumerate(names)]
+        seeds = ", ".join(str(f.record.seed) for f in runs)
+        lines += [f"### {v} (seed{'s' * (len(runs) != 1)} {seeds})", "",
+                  *table(("class", "precision", "recall", "F1", "support"), rows), ""]
+    return lines
