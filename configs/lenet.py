@@ -45,8 +45,7 @@ QUESTION = ("How do optimizer, activation and learning rate (variants 0-9), the 
 
 
 def base() -> "ml_collections.ConfigDict":  # noqa: F821
-    config = default_config()
-    config.model.name = "lenet5"
+    config = default_config()  # model: lenet5 with its defaults (jaxcnn/models/lenet.py)
     config.train.epochs = 20
     config.train.batch_size = 100
     return config

@@ -21,6 +21,7 @@ stated, 32 and 30 are our defaults.
 """
 
 from jaxcnn.config import COMMON_ALIASES, SMOKE_FLAG, build_config, default_config
+from jaxcnn.models import model_config
 
 QUESTION = ("Which way of shrinking the feature map (a strided first conv, 4×4 max pooling or 4×4 average "
             "pooling) gives the best test accuracy and the least overfitting on three CIFAR-100 classes?")
@@ -41,11 +42,8 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     config.data.image_size = (32, 32)
     config.data.mean = (0.5074, 0.4867, 0.4411)
     config.data.std = (0.2011, 0.1987, 0.2025)
-    config.model.name = "pooling_cnn"
-    config.model.activation = "relu"
-    config.model.pooling = "max"
-    config.model.hidden = 32  # channels of the first conv; the second has twice as many
-    config.model.first_stride = 1
+    # relu, max pooling, first_stride 1, hidden 32 (channels of the first conv; the second has twice as many)
+    config.model = model_config("pooling_cnn")
     config.optim.name = "sgd"
     config.optim.learning_rate = 5e-3
     config.optim.momentum = 0.9

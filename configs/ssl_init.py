@@ -23,6 +23,7 @@ animal classes). Aliases: data, classes, epochs, batch_size, lr, seed, labels, t
 """
 
 from jaxcnn.config import COMMON_ALIASES, SMOKE_FLAG, build_config, default_config
+from jaxcnn.models import model_config
 
 QUESTION = ("Does pretraining the conv trunk on unlabeled images (autoencoder, SimCLR, k-means) give a better "
             "starting point than random weights when only a fraction of the labels is used, fine-tuned and as "
@@ -45,11 +46,7 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     config.data.std = (0.3081,)
     config.data.label_fraction = 0.1
     config.data.label_seed = 0
-    config.model.name = "ssl_cnn"
-    config.model.widths = (16, 32, 64)
-    config.model.hidden = 128
-    config.model.dropout = 0.3
-    config.model.probe = False
+    config.model = model_config("ssl_cnn")  # widths 16/32/64, hidden 128, dropout 0.3, probe False
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3
     config.optim.weight_decay = 5e-4

@@ -48,7 +48,6 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     import ml_collections
 
     config = default_config()
-    config.model.dropout = 0.5  # AlexNet's classifier dropout
     config.data.channels = 3
     config.data.image_size = (224, 224)
     config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, as the pretrained weights expect

@@ -18,16 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import ml_collections
+from flax import nnx
 
-from jaxcnn.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config, variant, key or value the user gave is not valid.
-
-    Not a ValueError on purpose: ml_collections' config flag re-wraps ValueErrors raised by
-    `get_config` into a traceback text; this one reaches `jaxcnn.cli` and is printed as one line.
-    """
+from jaxcnn.errors import ConfigError
+from jaxcnn.models import build_model, model_config
 
 
 def load_config_module(path: str | pathlib.Path) -> ModuleType:
@@ -90,25 +84,27 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def set_key(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
-    """Sets dotted `key` to `value`, refusing unknown keys and values of the wrong type."""
-    valid = leaf_keys(config)
-    if key not in valid:
-        raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-        node = node[name]
-    old = node[leaf]
-    if isinstance(old, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if isinstance(old, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{where}: {key}={value!r} must be True or False")
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if old is not None and not isinstance(value, type(old)) and value is not None:
-        raise ConfigError(
-            f"{where}: {key}={value!r} has type {type(value).__name__}, expected {type(old).__name__}")
-    node[leaf] = value
+    """Sets dotted `key` of a locked config to `value` with ml_collections' own checks (unknown key,
+    type; an int for a float and a list for a tuple are converted), each refusal one ConfigError line.
+
+    `model.name` first replaces the whole `model` section by that architecture's keys and defaults
+    (`jaxcnn.models.model_config`, keeping `model.dtype`): each model has its own keys."""
+    if key == "model.name":
+        if value != config.model.name:
+            with config.unlocked():
+                config.model = model_config(value, config.model.dtype)
+            config.lock()
+        return
+    try:
+        config.update_from_flattened_dict({key: value})
+    except KeyError:
+        raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(leaf_keys(config))}") from None
+    except TypeError:
+        node = config
+        for name in key.split("."):
+            node = node[name]
+        raise ConfigError(f"{where}: {key}={value!r} has type {type(value).__name__}, "
+                          f"expected {type(node).__name__}") from None
 
 
 def build_config(
@@ -137,6 +133,7 @@ def build_config(
     aliases = dict(aliases or {})
     flags = dict(flags or {})
     config = base()
+    config.lock()  # no new keys: set_key refuses unknown ones
     parts = split_arg(arg or "")
     variant = default_variant
     if parts and "=" not in parts[0] and parts[0] not in flags:
@@ -151,12 +148,7 @@ def build_config(
     for part in parts:
         if "=" in part:
             key, text = part.split("=", 1)
-            key = aliases.get(key.strip(), key.strip())
-            if key not in leaf_keys(config):
-                raise ConfigError(
-                    f"{source}: unknown key {key!r}; valid keys: "
-                    f"{', '.join(sorted(aliases) + leaf_keys(config))}")
-            overrides.append((key, parse_value(text.strip())))
+            overrides.append((aliases.get(key.strip(), key.strip()), parse_value(text.strip())))
         elif part in flags:
             for key, value in flags[part].items():
                 set_key(config, key, value, f"{source}:{part}")
@@ -164,8 +156,12 @@ def build_config(
             raise ConfigError(
                 f"{source}: {part!r} is neither key=value nor a flag; valid flags: "
                 f"{', '.join(flags) or 'none'} (the variant, if any, comes first)")
-    for key, value in overrides:
+    for key, value in sorted(overrides, key=lambda kv: kv[0] != "model.name"):  # the model's own keys after it
+        if key != "model.name" and key not in leaf_keys(config):
+            raise ConfigError(f"{source}: unknown key {key!r}; valid keys: "
+                              f"{', '.join(sorted(aliases) + leaf_keys(config))}")
         set_key(config, key, value, source)
+    config.unlock()
     return config
 
 
@@ -190,9 +186,9 @@ def default_config() -> ml_collections.ConfigDict:
         max_test=0,
         crop_padding=0,  # train augmentation: random crop after zero-padding by this many pixels
     ))
-    config.model = ml_collections.ConfigDict(dict(
-        name="lenet5", activation="relu", pooling="avg", extra_conv_layers=0,
-        dtype="float32"))  # or bfloat16: bf16 compute, float32 parameters and logits (every model)
+    # name, dtype (float32, or bfloat16: bf16 compute, float32 parameters and logits) and the keys of
+    # that architecture (`jaxcnn.models`); `model.name=...` switches to another architecture's keys.
+    config.model = model_config("lenet5")
     config.optim = ml_collections.ConfigDict(dict(
         name="adam",  # adam | adamw | sgd
         learning_rate=1e-3,
@@ -245,10 +241,6 @@ def _check_positive(value: Any, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"config {key}={value!r} must be a number {bound}")
 
 
-# model.pooling values each model accepts (models not listed check their own settings when built).
-MODEL_POOLINGS = {"lenet5": ("avg", "max"), "pooling_cnn": ("none", "max", "avg")}
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the values a run reads (after every override); raises ConfigError on the first bad one."""
     _check_choice(config.data.channels, "data.channels", (1, 3))
@@ -277,17 +269,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check_positive(config.train[key], f"train.{key}")
     _check_choice(config.train.loop, "train.loop", ("auto", "python", "scan"))
     _check_positive(config.checkpoint.keep, "checkpoint.keep")
-    model = config.model
-    if model.name in MODEL_POOLINGS:
-        _check_choice(model.pooling, "model.pooling", MODEL_POOLINGS[model.name])
-    if model.name == "pooling_cnn":
-        _check_choice(model.get("first_stride", 1), "model.first_stride", (1, 4))
-        hidden = model.get("hidden", 32)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
-        if model.get("extra_conv_layers", 0):
-            raise ConfigError(f"config model.extra_conv_layers={model.extra_conv_layers!r} is not used by "
-                              "model.name='pooling_cnn'; leave it 0")
+    # The model checks its own keys: built abstractly (shapes only, no arrays) for these inputs.
+    nnx.eval_shape(lambda: build_model(config.model, 2, (*config.data.image_size, config.data.channels), 0))
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

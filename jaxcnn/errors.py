@@ -10,6 +10,26 @@ class UserError(Exception):
     """Base of the errors that end a script with one line (`error: ...`) instead of a traceback."""
 
 
+class ConfigError(UserError):
+    """A config, variant, key or value the user gave is not valid.
+
+    Not a ValueError on purpose: ml_collections' config flag re-wraps ValueErrors raised by
+    `get_config` into a traceback text; this one reaches `jaxcnn.cli` and is printed as one line.
+    """
+
+
+class ImageError(UserError, ValueError):
+    """An image file that cannot be read; the message names the file."""
+
+
+class ConversionError(UserError, ValueError):
+    """The source weights do not fit the target model; the message lists every bad key."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
 class DownloadError(UserError):
     """A dataset or weights could not be downloaded (no network, server refused); says what to do instead."""
 
@@ -22,6 +42,10 @@ class Interrupted(UserError):
     """Ctrl-C or SIGTERM stopped a run; what was saved and how to resume is in the message."""
 
     exit_code = 130
+
+
+class DamagedCheckpoint(WorkdirError):
+    """A checkpoint that does not restore, or whose arrays do not match their checksum."""
 
 
 def first_line(e: BaseException) -> str:

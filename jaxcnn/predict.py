@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn.config import ConfigError
-from jaxcnn.convert.store import is_converted, load_converted, model_config
+from jaxcnn.convert.store import converted_config, is_converted, load_converted
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
 from jaxcnn.models import build_model
@@ -59,7 +59,7 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
     if is_converted(workdir):
         model, meta = load_converted(workdir)
         channels, height, width = meta["input_size"]
-        return Restored(model, model_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
+        return Restored(model, converted_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
                         meta["crop_pct"])
     if epoch is not None and epoch < 1:
         raise ConfigError(f"--epoch={epoch}: epochs are numbered from 1 (leave it out for the best epoch)")

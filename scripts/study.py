@@ -4,17 +4,21 @@
     python scripts/study.py --config configs/lenet.py --workdir runs/lenet            # the LeNet variants
     python scripts/study.py --config configs/lenet.py:smoke --workdir /tmp/s --variants 3,max --seeds 2
 
-`--config FILE[:overrides]`: the overrides (`epochs=5,smoke`, `data=mnist`) apply to every variant.
+`--config FILE[:overrides]`: the overrides (`epochs=5,smoke`, `data=mnist`) apply to every variant, as do
+`--config.KEY=VALUE` flags (`--config.train.epochs=5`).
 Rerunning skips finished runs and resumes unfinished ones. Runs that share an architecture and an
 optimizer family train together as one vmapped program with --group=yes (the default, auto, does so
 on GPU/TPU only).
 """
 
 from absl import flags
+from ml_collections import config_flags
 
 from jaxcnn.cli import run
 
-flags.DEFINE_string("config", None, "Config file, optionally with overrides for every variant: FILE[:k=v,...]")
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with overrides for every variant: "
+                                "FILE[:k=v,...]; --config.KEY=VALUE flags apply to every variant too.",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Study directory: one folder per variant and seed, report.md, results.csv.")
 flags.DEFINE_integer("seeds", 1, "Seeds per variant (0..N-1).")
 flags.DEFINE_list("variants", None, "Variants to run (default: all the config file declares).")
@@ -30,7 +34,9 @@ def main(argv):
     from jaxcnn.study.runner import run_study
 
     f = flags.FLAGS
-    path, _, overrides = f.config.partition(":")
+    path, _, arg = config_flags.get_config_filename(f["config"]).partition(":")
+    flag_overrides = [f"{k}={v!r}" for k, v in config_flags.get_override_values(f["config"]).items()]
+    overrides = ",".join(p for p in (arg, *flag_overrides) if p)
     result = run_study(path, f.workdir, f.seeds, f.variants, overrides, f.group, f.max_group)
     if result.get("verdict"):
         print(result["verdict"])

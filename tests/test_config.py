@@ -66,7 +66,7 @@ def test_split_arg_keeps_brackets_and_quotes():
     ("3,model.size=3", "train.epochs"),  # the list of valid keys is given
     ("3,epochs=abc", "train.epochs='abc' has type str, expected int"),
     ("3,bogus", "'bogus' is neither key=value nor a flag; valid flags: smoke"),
-    ("3,optim.nesterov=1", "must be True or False"),
+    ("3,optim.nesterov=1", "optim.nesterov=1 has type int, expected bool"),
 ])
 def test_bad_arguments_are_refused_with_valid_choices(arg, needle):
     with pytest.raises(ConfigError) as e:

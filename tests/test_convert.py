@@ -17,7 +17,7 @@ pytest.importorskip("torchvision")
 from jaxcnn.convert import ConversionError, load_torch_state  # noqa: E402
 from jaxcnn.convert.convert import convert, flax_model, torch_logits  # noqa: E402
 from jaxcnn.convert.sources import load_source  # noqa: E402
-from jaxcnn.convert.store import load_converted, model_config  # noqa: E402
+from jaxcnn.convert.store import converted_config, load_converted  # noqa: E402
 from jaxcnn.models import build_model  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_source_metadata():
 def test_new_head_is_fresh_and_backbone_loaded(spec, head):
     src = source(spec)
     full, six = flax_model(src), flax_model(src, num_classes=6)
-    fresh = build_model(model_config(src.meta()).model, 6, (224, 224, 3), 0)
+    fresh = build_model(converted_config(src.meta()).model, 6, (224, 224, 3), 0)
     flat = lambda m: {".".join(map(str, p)): np.asarray(v.get_value() if hasattr(v, "get_value") else v.value)
                       for p, v in nnx.to_flat_state(nnx.state(m, nnx.Any(nnx.Param, nnx.BatchStat)))}
     a, b, c = flat(full), flat(six), flat(fresh)
@@ -117,7 +117,7 @@ def test_new_head_is_fresh_and_backbone_loaded(spec, head):
 
 def test_strict_mapping_lists_every_bad_key():
     src = source("torchvision:resnet18")
-    model = build_model(model_config(src.meta()).model, 1000, (224, 224, 3), 0)
+    model = build_model(converted_config(src.meta()).model, 1000, (224, 224, 3), 0)
     bad = dict(src.state_dict)
     del bad["layer1.0.conv1.weight"]
     bad["layer9.weight"] = np.zeros(3, np.float32)

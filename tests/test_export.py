@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError, default_config
+from jaxcnn.config import ConfigError
 from jaxcnn.data.embedded import load_mnist5k
 from jaxcnn.export import export, load_model, to_onnx
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, model_config
 from jaxcnn.predict import load_predictor
 from jaxcnn.train import loop
 from tests.test_config import ROOT, load_config_module
@@ -26,8 +26,9 @@ ort = pytest.importorskip("onnxruntime")
 def random_model(name: str, pooling: str, input_shape=(32, 32, 3)) -> nnx.Module:
     """`name` in eval mode with random parameters and BatchNorm statistics (running means ~ N(0, 0.5),
     variances in [0.5, 2]: they change the logits), built abstractly (eager init takes seconds)."""
-    cfg = default_config().model
-    cfg.name, cfg.pooling = name, pooling
+    cfg = model_config(name)
+    if "pooling" in cfg:
+        cfg.pooling = pooling
     model = nnx.eval_shape(lambda: build_model(cfg, 10, input_shape, seed=0))
     rng = np.random.default_rng(0)
 

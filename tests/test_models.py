@@ -64,5 +64,7 @@ def test_bad_model_settings_are_refused(field, value, needle):
 
 
 def test_lenet5_refuses_images_too_small():
-    with pytest.raises(ConfigError, match="at least 12×12"):
+    with pytest.raises(ValueError, match="at least 12×12"):  # the model, as a library, raises ValueError
         LeNet5(10, (8, 8, 1), rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="^config LeNet5 needs inputs of at least 12×12 pixels"):  # from a config
+        build_model(default_config().model, 10, (8, 8, 1), seed=0)

@@ -5,13 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.config import ConfigError, default_config
-from jaxcnn.models import build_model, count_params
+from jaxcnn.config import ConfigError
+from jaxcnn.models import build_model, count_params, model_config
 
 
 def ssl_config(**extra):
-    cfg = default_config().model
-    cfg.name = "ssl_cnn"
+    cfg = model_config("ssl_cnn")
     for key, value in extra.items():
         cfg[key] = value
     return cfg

@@ -154,7 +154,7 @@ def test_linear_probe_trains_only_the_head(kmeans_trunk, tmp_path):
     for k, v in flat(trainer.model.trunk).items():  # weights and BatchNorm statistics stay as loaded
         np.testing.assert_array_equal(v, trunk_before[k])
     assert not np.array_equal(flat(trainer.model)[("head", "kernel")], model_before[("head", "kernel")])
-    opt_leaves = jax.tree.leaves(nnx.state(trainer.optimizer, nnx.OptState))
+    opt_leaves = jax.tree.leaves(nnx.state(trainer.optimizers[0], nnx.OptState))
     assert sum(x.size for x in opt_leaves if x.ndim) == 2 * (576 * 10 + 10)  # Adam moments of the head only
 
 

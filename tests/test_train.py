@@ -98,6 +98,25 @@ def test_workdir_of_another_config_is_refused(tmp_path):
                                 progress=False)
 
 
+def test_a_config_json_of_an_earlier_version_is_read_by_what_it_set(tmp_path):
+    """Earlier versions stored every model's keys in every config (a LeNet run had model.hidden, a
+    ResNet run model.activation) and lacked keys added since: neither is a change of the run; a
+    changed setting still is."""
+    config = lenet.get_config("3,epochs=1")
+    stored = json.loads(config.to_json())
+    stored["model"].update(hidden=32, first_stride=1)  # keys this model does not read
+    del stored["data"]["max_test"]  # a key added since, at its default (0)
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    loop.check_workdir(tmp_path, config)  # no error: the same run
+    stored["optim"]["learning_rate"] = 0.01
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(WorkdirError, match=r"another config \(optim.learning_rate: 0.01 -> 0.001, per config.json"):
+        loop.check_workdir(tmp_path, config)
+    config.data.max_test = 100  # a new key at another value than the stored run used
+    with pytest.raises(WorkdirError, match=r"data.max_test: None -> 100"):
+        loop.check_workdir(tmp_path, config)
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path, monkeypatch):
     config = small_config("1")  # tanh: ReLU would turn NaN inputs into zeros
     config.train.epochs = 2

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxcnn.config import ConfigError
 from jaxcnn.convert.store import VARIABLES, save_converted
 from jaxcnn.data import load_dataset
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, model_config
 from jaxcnn.train import loop, transfer
 from jaxcnn.train.trainer import Trainer
 from tests.test_config import load_config_module
@@ -28,9 +28,7 @@ def small(arg: str, tmp_init: pathlib.Path | None = None):
 
 def fake_converted(tmp_path: pathlib.Path, architecture: str, classes: int = 1000, seed: int = 7) -> pathlib.Path:
     """A converted checkpoint as scripts/convert_weights.py writes it, from a random model."""
-    config = cfgs.get_config("resnet18_finetune" if architecture.startswith("resnet") else "alexnet_frozen")
-    config.model.name = architecture
-    model = build_model(config.model, classes, (224, 224, 3), seed)
+    model = build_model(model_config(architecture), classes, (224, 224, 3), seed)
     # non-trivial BN statistics, to see that they are loaded and kept
     new = []
     for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.BatchStat))):
@@ -75,10 +73,10 @@ def test_frozen_resnet_trains_only_fc_and_keeps_bn_statistics(converted):
             np.testing.assert_array_equal(after[k], before[k], err_msg=k)  # params and BN stats fixed
             np.testing.assert_array_equal(after[k], loaded[k], err_msg=k)  # ... at the converted values
     # the optimizer holds state for fc only
-    opt_leaves = jax.tree.leaves(nnx.state(trainer.optimizer, nnx.OptState))
+    opt_leaves = jax.tree.leaves(nnx.state(trainer.optimizers[0], nnx.OptState))
     fc_size = sum(v.size for k, v in before.items() if k.startswith("fc."))
     assert sum(x.size for x in opt_leaves if x.ndim) <= 3 * fc_size
-    assert transfer.count_trainable(trainer.model, trainer.configs[0]) == fc_size
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(trainer.model, trainer.wrt))) == fc_size
 
 
 def build_and_load(path, architecture):

@@ -17,14 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcnn.errors import UserError
+from jaxcnn.errors import ConversionError
 
 LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 IGNORED_SUFFIXES = ("num_batches_tracked",)
-
-
-class ConversionError(UserError, ValueError):
-    """The source weights do not fit the target model; the message lists every bad key."""
 
 
 def torch_key(path: tuple, torch_names: Mapping[str, str] | None = None) -> str:

@@ -8,11 +8,9 @@ from flax import nnx
 
 from jaxcnn.convert import ConversionError, load_torch_state, torch_key
 from jaxcnn.convert.sources import Source, load_source
-from jaxcnn.convert.store import model_config, save_converted
-from jaxcnn.models import HEADS, build_model
-from jaxcnn.models.alexnet import TORCH_NAMES as ALEXNET_NAMES
+from jaxcnn.convert.store import converted_config, save_converted
+from jaxcnn.models import build_model, model_module
 
-TORCH_NAMES = {"alexnet": ALEXNET_NAMES}
 PARITY_TOLERANCE = 1e-4
 
 
@@ -22,9 +20,10 @@ def flax_model(source: Source, num_classes: int | None = None) -> nnx.Module:
     meta = source.meta()
     channels, height, width = meta["input_size"]
     classes = num_classes or source.num_classes
-    model = build_model(model_config(meta).model, classes, (height, width, channels), 0)
-    names = TORCH_NAMES.get(source.architecture)
-    head = torch_key((*HEADS[source.architecture], "bias"), names).removesuffix("bias")  # e.g. "classifier.6."
+    model = build_model(converted_config(meta).model, classes, (height, width, channels), 0)
+    facts = model_module(source.architecture)
+    names = facts.TORCH_NAMES
+    head = torch_key((*facts.HEAD, "bias"), names).removesuffix("bias")  # e.g. "classifier.6."
     keep = (head,) if classes != source.num_classes else ()
     load_torch_state(model, source.state_dict, names, keep_init=keep)
     model.eval()

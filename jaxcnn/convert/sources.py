@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
+from jaxcnn.models import MODELS
 from jaxcnn.download import check_reachable, download_failed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,12 +47,15 @@ class Source:
 
 
 def architecture_of(name: str) -> str:
+    """The jaxcnn architecture (`model.name`) of a timm/torchvision model name: those whose module
+    declares `TORCH_NAMES` (`jaxcnn.models`)."""
+    convertible = [arch for arch, module in MODELS.items() if module.TORCH_NAMES is not None]
     base = name.split(".")[0]
-    for arch in ("resnet18", "resnet34", "alexnet"):
+    for arch in convertible:
         if base == arch or base.startswith(arch + "_") or base == "tv_" + arch:
             return arch
-    raise ConfigError(f"--source model {name!r} is not supported; supported architectures: resnet18, resnet34 "
-                      "(timm or torchvision), alexnet (torchvision)")
+    raise ConfigError(f"--source model {name!r} is not supported; supported architectures: {', '.join(convertible)} "
+                      "(timm has no AlexNet: its weights come from torchvision)")
 
 
 def _read_checkpoint(path: str | pathlib.Path) -> dict:

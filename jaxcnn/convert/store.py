@@ -17,7 +17,7 @@ from flax import nnx
 from jaxcnn.config import ConfigError, default_config
 from jaxcnn.errors import first_line
 from jaxcnn.files import read_json, write_json
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, model_config
 from jaxcnn.train.checkpoint import checksum
 
 META_JSON = "meta.json"
@@ -56,10 +56,10 @@ def read_meta(path: str | pathlib.Path) -> dict[str, Any]:
     return read_json_meta(path / META_JSON, "convert the weights")
 
 
-def model_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
+def converted_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     """A config whose model and data sections match the converted network (for building and predicting)."""
     config = default_config()
-    config.model.name = meta["architecture"]
+    config.model = model_config(meta["architecture"])
     channels, height, width = meta["input_size"]
     config.data.image_size, config.data.channels = (height, width), channels
     config.data.mean, config.data.std = tuple(meta["mean"]), tuple(meta["std"])
@@ -95,7 +95,7 @@ def restore_variables(path: str | pathlib.Path, module: nnx.Module, expected: st
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
     """The converted model (eval mode) and its meta."""
     meta = read_meta(path)
-    config = model_config(meta)
+    config = converted_config(meta)
     channels, height, width = meta["input_size"]
     model = build_model(config.model, meta["num_classes"], (height, width, channels), 0)
     restore_variables(pathlib.Path(path) / WEIGHTS, model, meta.get("checksum"))

@@ -17,7 +17,7 @@ def load_dataset(data: ml_collections.ConfigDict) -> Dataset:
     keep their stored size, and the device-side preprocessing converts them per batch.
     """
     source = data.source
-    if source in ("embedded", "embedded:mnist5k"):
+    if source == "embedded":
         from jaxcnn.data.embedded import load_mnist5k
 
         dataset = load_mnist5k()

@@ -7,11 +7,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jaxcnn.errors import UserError
-
-
-class ImageError(UserError, ValueError):
-    """An image file that cannot be read; the message names the file."""
+from jaxcnn.errors import ImageError
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

@@ -1,72 +1,53 @@
-"""Model registry: config `model.name` -> a function building the Flax NNX module."""
+"""Model registry: config `model.name` -> the module that owns the architecture.
+
+Each model module exports its `nnx.Module` class and the facts the rest of jaxcnn reads:
+`DEFAULTS` (its `model.*` config keys with their defaults), `HEAD` (the classifier's module path,
+replaced for a new class count), `TORCH_NAMES` (Flax path prefix -> PyTorch state-dict prefix;
+None: no PyTorch weights to convert), `FROZEN_TRAINS` (the path that trains under
+`transfer.mode=frozen`; None: not defined) and `build(cfg, num_classes, input_shape, dtype, rngs)`.
+A new architecture is one new module and one line in `MODELS`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from types import ModuleType
 
 import jax
 import ml_collections
 from flax import nnx
 
-from jaxcnn.config import ConfigError
-from jaxcnn.models.alexnet import AlexNet
-from jaxcnn.models.lenet import LeNet5
-from jaxcnn.models.pooling import PoolingCNN
-from jaxcnn.models.resnet import ResNet
-from jaxcnn.models.ssl_cnn import SSLCNN
+from jaxcnn.errors import ConfigError
+from jaxcnn.models import alexnet, lenet, pooling, resnet, ssl_cnn
 
-# Module path of each transfer architecture's classifier head (replaced for a new class count).
-HEADS = {"resnet18": ("fc",), "resnet34": ("fc",), "alexnet": ("fcs", 2)}
-DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
+MODELS: dict[str, ModuleType] = {"lenet5": lenet, "pooling_cnn": pooling, "resnet18": resnet, "resnet34": resnet,
+                                 "alexnet": alexnet, "ssl_cnn": ssl_cnn}
+DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}  # bfloat16: bf16 compute, float32 parameters and logits
 
 
-def compute_dtype(cfg: ml_collections.ConfigDict):
-    """`model.dtype`: float32, or bfloat16 compute with float32 parameters."""
-    name = cfg.get("dtype", "float32")
-    if name not in DTYPES:
-        raise ConfigError(f"config model.dtype={name!r} is not valid; valid values: {', '.join(DTYPES)}")
-    return DTYPES[name]
+def model_module(name: str) -> ModuleType:
+    """The module of architecture `name` (config `model.name`)."""
+    if name not in MODELS:
+        raise ConfigError(f"config model.name={name!r} is not valid; valid values: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
-def _lenet5(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers,
-                  dtype=compute_dtype(cfg), rngs=rngs)
-
-
-def _pooling_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    # hidden/first_stride exist only in configs made for this model (configs/pooling.py); defaults otherwise.
-    return PoolingCNN(num_classes, input_shape, cfg.get("hidden", 32), cfg.pooling, cfg.get("first_stride", 1),
-                      cfg.activation, dtype=compute_dtype(cfg), rngs=rngs)
-
-
-def _ssl_cnn(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    # widths/hidden/dropout/probe exist only in configs made for this model; defaults otherwise.
-    return SSLCNN(num_classes, input_shape, cfg.get("widths", (16, 32, 64)), cfg.get("hidden", 128),
-                  cfg.get("dropout", 0.25), cfg.get("probe", False), dtype=compute_dtype(cfg), rngs=rngs)
-
-
-def _resnet(depth: int):
-    def build(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-        return ResNet(num_classes, depth, input_shape[2], dtype=compute_dtype(cfg), rngs=rngs)
-
-    return build
-
-
-def _alexnet(cfg: ml_collections.ConfigDict, num_classes: int, input_shape, rngs: nnx.Rngs) -> nnx.Module:
-    return AlexNet(num_classes, input_shape[2], cfg.get("dropout", 0.5), dtype=compute_dtype(cfg), rngs=rngs)
-
-
-MODELS: dict[str, Callable[..., nnx.Module]] = {"lenet5": _lenet5, "pooling_cnn": _pooling_cnn,
-                                                "resnet18": _resnet(18), "resnet34": _resnet(34),
-                                                "alexnet": _alexnet, "ssl_cnn": _ssl_cnn}
+def model_config(name: str, dtype: str = "float32") -> ml_collections.ConfigDict:
+    """The `model` section of a config for architecture `name`: its name, dtype and its own keys."""
+    return ml_collections.ConfigDict(dict(name=name, dtype=dtype, **model_module(name).DEFAULTS))
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int],
                 seed: int) -> nnx.Module:
-    """Builds `cfg.name` for `num_classes` and NHWC `input_shape` (without batch), params from `seed`."""
-    if cfg.name not in MODELS:
-        raise ConfigError(f"config model.name={cfg.name!r} is not valid; valid values: {', '.join(MODELS)}")
-    return MODELS[cfg.name](cfg, num_classes, tuple(input_shape), nnx.Rngs(params=seed, dropout=seed + 1))
+    """Builds `cfg.name` for `num_classes` and NHWC `input_shape` (without batch), params from `seed`.
+    A value the model refuses is a ConfigError naming the key."""
+    module = model_module(cfg.name)
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"config model.dtype={cfg.dtype!r} is not valid; valid values: {', '.join(DTYPES)}")
+    try:
+        return module.build(cfg, num_classes, tuple(input_shape), DTYPES[cfg.dtype],
+                            nnx.Rngs(params=seed, dropout=seed + 1))
+    except ValueError as e:
+        raise ConfigError(f"config {e}") from None
 
 
 def count_params(model: nnx.Module) -> int:

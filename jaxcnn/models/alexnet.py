@@ -14,11 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Flax module path prefix -> torchvision state-dict prefix.
+# Flax module path prefix -> torchvision state-dict prefix (`jaxcnn.convert`).
 TORCH_NAMES = {**{f"convs.{i}": f"features.{j}" for i, j in enumerate((0, 3, 6, 8, 10))},
                **{f"fcs.{i}": f"classifier.{j}" for i, j in enumerate((1, 4, 6))}}
 CONVS = ((64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1))  # out, kernel, stride, pad
 POOL_AFTER = (0, 1, 4)  # MaxPool2d(3, 2) after these convs
+DEFAULTS = {"dropout": 0.5}  # the classifier's dropout, as torchvision's
+HEAD = ("fcs", 2)
+FROZEN_TRAINS = "fcs"  # the study's frozen AlexNet trains its three dense layers, not `features`
 
 
 def max_pool_3x3_s2_valid(x: jax.Array) -> jax.Array:
@@ -38,8 +41,8 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
 class AlexNet(nnx.Module):
     """torchvision `alexnet`: five convs, three max-pools, 6×6 adaptive average pool, dropout + three dense."""
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5, *, dtype=None,
-                 rngs: nnx.Rngs):
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = DEFAULTS["dropout"], *,
+                 dtype=None, rngs: nnx.Rngs):
         convs, cin = [], in_channels
         for out, kernel, stride, pad in CONVS:
             convs.append(nnx.Conv(cin, out, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
@@ -66,3 +69,7 @@ class AlexNet(nnx.Module):
         x = nnx.relu(fc1(self.dropout(x)))
         x = nnx.relu(fc2(self.dropout(x)))
         return fc3(x).astype(jnp.float32)  # float32 logits also with bf16 compute
+
+
+def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> AlexNet:
+    return AlexNet(num_classes, input_shape[2], cfg.dropout, dtype=dtype, rngs=rngs)

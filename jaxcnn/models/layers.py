@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.config import ConfigError
-
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nnx.relu,
     "tanh": jnp.tanh,
@@ -17,17 +15,19 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nnx.sigmoid,
 }
 POOLINGS = ("avg", "max")
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 (weight of the new batch) = Flax momentum 0.9 (weight of the old)
+BN_EPSILON = 1e-5
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"config model.activation={name!r} is not valid; valid values: {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"model.activation={name!r} is not valid; valid values: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
 def check_pooling(name: str) -> str:
     if name not in POOLINGS:
-        raise ConfigError(f"config model.pooling={name!r} is not valid; valid values: {', '.join(POOLINGS)}")
+        raise ValueError(f"model.pooling={name!r} is not valid; valid values: {', '.join(POOLINGS)}")
     return name
 
 

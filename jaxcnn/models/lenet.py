@@ -6,8 +6,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.models.layers import activation, check_pooling, pool
+
+# The facts the rest of jaxcnn reads about each architecture (see `jaxcnn.models`): config keys with
+# their defaults, the classifier head's module path, PyTorch key names, what `transfer.mode=frozen` trains.
+DEFAULTS = {"activation": "relu", "pooling": "avg", "extra_conv_layers": 0}
+HEAD = ("fc3",)
+TORCH_NAMES = None  # no pretrained PyTorch weights to convert
+FROZEN_TRAINS = None
 
 
 class LeNet5(nnx.Module):
@@ -16,14 +22,15 @@ class LeNet5(nnx.Module):
     `dtype=jnp.bfloat16` computes in bf16 with float32 parameters and float32 logits."""
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
-                 activation_name: str = "tanh", pooling: str = "avg", extra_conv_layers: int = 0,
+                 activation_name: str = DEFAULTS["activation"], pooling: str = DEFAULTS["pooling"],
+                 extra_conv_layers: int = DEFAULTS["extra_conv_layers"],
                  *, dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
         if not isinstance(extra_conv_layers, int) or extra_conv_layers < 0:
-            raise ConfigError(f"config model.extra_conv_layers={extra_conv_layers!r} must be an int >= 0")
+            raise ValueError(f"model.extra_conv_layers={extra_conv_layers!r} must be an int >= 0")
         out_h, out_w = (height // 2 - 4) // 2, (width // 2 - 4) // 2
         if out_h < 1 or out_w < 1:
-            raise ConfigError(f"LeNet5 needs inputs of at least 12×12 pixels, got data.image_size={height}×{width}")
+            raise ValueError(f"LeNet5 needs inputs of at least 12×12 pixels, got data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = check_pooling(pooling)
         self.conv1 = nnx.Conv(channels, 6, (5, 5), padding=2, dtype=dtype, rngs=rngs)
@@ -44,3 +51,7 @@ class LeNet5(nnx.Module):
         x = self.act(self.fc1(x))
         x = self.act(self.fc2(x))
         return self.fc3(x).astype(jnp.float32)
+
+
+def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> LeNet5:
+    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers, dtype=dtype, rngs=rngs)

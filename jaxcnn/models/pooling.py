@@ -6,10 +6,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.models.layers import activation, pool
 
-POOLING_CNN_POOLINGS = ("none", "max", "avg")
+POOLINGS = ("none", "max", "avg")
+FIRST_STRIDES = (1, 4)  # the study's two designs: a stride-4 first conv, or stride 1 and 4×4 pooling
+DEFAULTS = {"activation": "relu", "pooling": "max", "hidden": 32, "first_stride": 1}
+HEAD = ("fc",)
+TORCH_NAMES = None
+FROZEN_TRAINS = None
 POOL_SIZE = 4
 
 
@@ -23,23 +27,24 @@ class PoolingCNN(nnx.Module):
     """
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3),
-                 hidden: int = 32, pooling: str = "max", first_stride: int = 1,
-                 activation_name: str = "relu", *, dtype=None, rngs: nnx.Rngs):
+                 hidden: int = DEFAULTS["hidden"], pooling: str = DEFAULTS["pooling"],
+                 first_stride: int = DEFAULTS["first_stride"], activation_name: str = DEFAULTS["activation"], *,
+                 dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
-        if pooling not in POOLING_CNN_POOLINGS:
-            raise ConfigError(f"config model.pooling={pooling!r} is not valid; "
-                              f"valid values: {', '.join(POOLING_CNN_POOLINGS)}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={pooling!r} is not valid; valid values: {', '.join(POOLINGS)}")
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
-        if isinstance(first_stride, bool) or not isinstance(first_stride, int) or first_stride < 1:
-            raise ConfigError(f"config model.first_stride={first_stride!r} must be an int >= 1")
+            raise ValueError(f"model.hidden={hidden!r} must be an int >= 1")
+        if first_stride not in FIRST_STRIDES:
+            raise ValueError(f"model.first_stride={first_stride!r} is not valid; valid values: "
+                             f"{', '.join(map(str, FIRST_STRIDES))}")
         # conv1: 5×5, padding 2, stride s -> floor((n - 1) / s) + 1; conv2 keeps the size; pool floors.
         out_h, out_w = (height - 1) // first_stride + 1, (width - 1) // first_stride + 1
         if pooling != "none":
             out_h, out_w = out_h // POOL_SIZE, out_w // POOL_SIZE
         if out_h < 1 or out_w < 1:
-            raise ConfigError(f"PoolingCNN with model.first_stride={first_stride}, model.pooling={pooling!r} "
-                              f"needs larger inputs than data.image_size={height}×{width}")
+            raise ValueError(f"PoolingCNN with model.first_stride={first_stride}, model.pooling={pooling!r} "
+                             f"needs larger inputs than data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = pooling
         self.conv1 = nnx.Conv(channels, hidden, (5, 5), strides=first_stride, padding=((2, 2), (2, 2)),
@@ -56,3 +61,8 @@ class PoolingCNN(nnx.Module):
         if self.pooling != "none":
             x = pool(x, self.pooling, POOL_SIZE)
         return self.fc(x.reshape(x.shape[0], -1)).astype(jnp.float32)
+
+
+def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> PoolingCNN:
+    return PoolingCNN(num_classes, input_shape, cfg.hidden, cfg.pooling, cfg.first_stride, cfg.activation,
+                      dtype=dtype, rngs=rngs)

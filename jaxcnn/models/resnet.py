@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.config import ConfigError
+from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
 
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
-BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 (weight of the new batch) = Flax momentum 0.9 (weight of the old)
-BN_EPSILON = 1e-5
+DEFAULTS: dict = {}  # model.name (resnet18 | resnet34) gives the depth
+HEAD = ("fc",)
+TORCH_NAMES: dict[str, str] = {}  # attribute names follow timm/torchvision: state-dict keys match as they are
+FROZEN_TRAINS = "fc"  # a fixed feature extractor: only the classifier trains
 
 
 def batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -68,7 +70,7 @@ class ResNet(nnx.Module):
     def __init__(self, num_classes: int = 1000, depth: int = 18, in_channels: int = 3, *, dtype=None,
                  rngs: nnx.Rngs):
         if depth not in DEPTHS:
-            raise ConfigError(f"config model.depth={depth!r} is not valid; valid values: {', '.join(map(str, DEPTHS))}")
+            raise ValueError(f"ResNet depth={depth!r} is not valid; valid values: {', '.join(map(str, DEPTHS))}")
         self.conv1 = nnx.Conv(in_channels, 64, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
                               dtype=dtype, rngs=rngs)
         self.bn1 = batch_norm(64, dtype, rngs)
@@ -101,3 +103,7 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc(self.features(x)).astype(jnp.float32)  # float32 logits also with bf16 compute
+
+
+def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> ResNet:
+    return ResNet(num_classes, int(cfg.name.removeprefix("resnet")), input_shape[2], dtype=dtype, rngs=rngs)

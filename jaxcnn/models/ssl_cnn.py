@@ -8,11 +8,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.config import ConfigError
-from jaxcnn.models.layers import pool
+from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM, pool
 
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
+# dropout 0.3: the value the SSL study's runs used (configs/ssl_init.py); the class default was 0.25.
+DEFAULTS = {"widths": (16, 32, 64), "hidden": 128, "dropout": 0.3, "probe": False}
+HEAD = ("head2",)  # ("head",) for a linear probe
+TORCH_NAMES = None
+FROZEN_TRAINS = None
 LEAKY_SLOPE = 0.1
 HEAD_DROPOUT = 0.5
 
@@ -25,7 +27,7 @@ def check_widths(widths) -> tuple[int, ...]:
     widths = tuple(widths) if isinstance(widths, Sequence) and not isinstance(widths, str) else widths
     if (not isinstance(widths, tuple) or not widths
             or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)):
-        raise ConfigError(f"config model.widths={widths!r} must be a non-empty list of ints >= 1")
+        raise ValueError(f"model.widths={widths!r} must be a non-empty list of ints >= 1")
     return widths
 
 
@@ -61,22 +63,23 @@ class SSLCNN(nnx.Module):
     """
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
-                 widths: Sequence[int] = (16, 32, 64), hidden: int = 128, dropout: float = 0.25,
-                 probe: bool = False, *, dtype=None, rngs: nnx.Rngs):
+                 widths: Sequence[int] = DEFAULTS["widths"], hidden: int = DEFAULTS["hidden"],
+                 dropout: float = DEFAULTS["dropout"], probe: bool = DEFAULTS["probe"], *, dtype=None,
+                 rngs: nnx.Rngs):
         widths = check_widths(widths)
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"config model.hidden={hidden!r} must be an int >= 1")
+            raise ValueError(f"model.hidden={hidden!r} must be an int >= 1")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"config model.dropout={dropout!r} must be a number in [0, 1)")
+            raise ValueError(f"model.dropout={dropout!r} must be a number in [0, 1)")
         height, width, channels = input_shape
         out_h, out_w = height, width
         for _ in widths:
             out_h, out_w = out_h // 2, out_w // 2
         if out_h < 1 or out_w < 1:
-            raise ConfigError(f"SSLCNN with {len(widths)} blocks needs inputs of at least {2 ** len(widths)} px, "
-                              f"not data.image_size={height}×{width}")
+            raise ValueError(f"SSLCNN with {len(widths)} blocks needs inputs of at least {2 ** len(widths)} px, "
+                             f"not data.image_size={height}×{width}")
         if not isinstance(probe, bool):
-            raise ConfigError(f"config model.probe={probe!r} must be True or False")
+            raise ValueError(f"model.probe={probe!r} must be True or False")
         self.probe = probe
         self.trunk = SSLTrunk(channels, widths, dropout, dtype=dtype, rngs=rngs)
         features = widths[-1] * out_h * out_w
@@ -97,3 +100,7 @@ class SSLCNN(nnx.Module):
             return self.head(x.reshape(x.shape[0], -1)).astype(jnp.float32)
         x = self.head_dropout(leaky_relu(self.head1(x.reshape(x.shape[0], -1))))
         return self.head2(x).astype(jnp.float32)
+
+
+def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> SSLCNN:
+    return SSLCNN(num_classes, input_shape, cfg.widths, cfg.hidden, cfg.dropout, cfg.probe, dtype=dtype, rngs=rngs)

@@ -1,8 +1,16 @@
-"""Classification metrics from predictions: confusion matrix, per-class precision/recall/F1."""
+"""Classification metrics: confusion matrix, per-class precision/recall/F1, the best epoch of a history."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+
+
+def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch a run reports as best: the first with the highest test accuracy."""
+    return max(history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

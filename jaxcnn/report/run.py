@@ -14,8 +14,7 @@ from jaxcnn import faults
 from jaxcnn.files import atomic_path, read_json_lines, write_atomic, write_json
 from jaxcnn.report import plots
 from jaxcnn.report.markdown import table
-from jaxcnn.report.metrics import confusion_matrix, per_class_report
-from jaxcnn.train.checkpoint import best_record
+from jaxcnn.report.metrics import best_record, confusion_matrix, per_class_report
 
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"

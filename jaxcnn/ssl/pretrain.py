@@ -39,7 +39,8 @@ from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
-from jaxcnn.models.ssl_cnn import BN_EPSILON, BN_MOMENTUM, leaky_relu
+from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
+from jaxcnn.models.ssl_cnn import leaky_relu
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
 from jaxcnn.ssl.trunk import is_trunk, load_trunk, save_trunk

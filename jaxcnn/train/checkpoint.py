@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run: model, optimizer and a JSON record (epoch, metrics, the history so
 far, a checksum of the state, what rebuilds the model). Keeps the latest N and the best epoch.
 
-The best epoch is the first one with the top test accuracy (`best_record`), in the summary and in
+The best epoch is the first one with the top test accuracy (`report.metrics.best_record`), in the summary and in
 what Orbax keeps alike. A checkpoint that does not restore, or whose arrays no longer match the
 checksum written with them, is damaged: `restore_latest` sets it aside and resumes from the newest
 one that restores.
@@ -14,7 +14,6 @@ import pathlib
 import shutil
 import time
 import zlib
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,15 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxcnn.errors import WorkdirError, first_line
+from jaxcnn.errors import DamagedCheckpoint, first_line
 
 policies = ocp.checkpoint_managers.preservation_policy
 DAMAGED = "damaged_checkpoints"  # in the workdir: checkpoints set aside because they do not restore
-
-
-def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch a run reports as best: the first with the highest test accuracy."""
-    return max(history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
 
 
 def checksum(state: Any) -> str:
@@ -44,10 +38,6 @@ def checksum(state: Any) -> str:
                 leaf = leaf.addressable_data(0)
         crc = zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).view(np.uint8).data, crc)
     return f"{crc:08x}"
-
-
-class DamagedCheckpoint(WorkdirError):
-    """A checkpoint that does not restore, or whose arrays do not match their checksum."""
 
 
 class Checkpoints:

@@ -20,15 +20,16 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxcnn import faults
-from jaxcnn.config import flatten_config, flatten_dict, validate
+from jaxcnn.config import default_config, flatten_config, flatten_dict, validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.data.device import pad_for_eval
-from jaxcnn.errors import Interrupted, UserError, WorkdirError
+from jaxcnn.errors import Interrupted, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_json
 from jaxcnn.models import count_params
+from jaxcnn.report.metrics import best_record
 from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
 from jaxcnn.train import sharding
-from jaxcnn.train.checkpoint import Checkpoints, best_record
+from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
@@ -36,17 +37,20 @@ from jaxcnn.train.trainer import Trainer
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")
 
 
-class TrainingDivergedError(UserError, RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
 def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
 def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-    old, flat = flatten_dict(old), flatten_config(config)
-    changed = sorted(k for k in set(old) | set(flat) if old.get(k) != flat.get(k) and k not in RESUMABLE_CHANGES)
+    """The settings in which `config` differs from a stored run's `old` one, as `key: old -> new`.
+
+    A key only the stored config has is not read any more (e.g. another model's keys, stored by
+    earlier versions in every config): no change. A key only `config` has (added to jaxcnn since)
+    is a change unless it holds its default, which is what the stored run used."""
+    old, flat, defaults = flatten_dict(old), flatten_config(config), flatten_config(default_config())
+    missing = object()
+    changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES
+                     and (old[k] if k in old else defaults.get(k, missing)) != flat[k])
     return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
 
 

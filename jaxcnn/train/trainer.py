@@ -131,10 +131,6 @@ class Trainer:
     def model(self) -> nnx.Module:
         return self.models[0]
 
-    @property
-    def optimizer(self) -> nnx.Optimizer:
-        return self.optimizers[0]
-
     def stacked(self, states: list):
         """Members' states (or parts of them) stacked on a leading axis (a single member's as it is),
         replicated over the mesh."""

@@ -10,17 +10,14 @@ The optimizer holds state only for the trainable parameters.
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 from flax import nnx
 
 from jaxcnn.config import ConfigError
 from jaxcnn.convert.store import VARIABLES, load_converted, read_meta
-from jaxcnn.models import HEADS
+from jaxcnn.models import MODELS, model_module
 
 MODES = ("finetune", "frozen", "scratch")
-# What `frozen` keeps fixed: everything outside these paths is frozen.
-FROZEN_TRAINS = {"resnet18": "fc", "resnet34": "fc", "alexnet": "fcs"}
 
 
 def transfer_config(config: ml_collections.ConfigDict) -> tuple[str, str]:
@@ -35,8 +32,9 @@ def transfer_config(config: ml_collections.ConfigDict) -> tuple[str, str]:
         raise ConfigError(f"config transfer.mode='scratch' trains from random weights; remove init={init!r}")
     if mode != "scratch" and not init:
         raise ConfigError(f"config transfer.mode={mode!r} needs init=PATH (weights from scripts/convert_weights.py)")
-    if mode == "frozen" and config.model.name not in FROZEN_TRAINS:
-        raise ConfigError(f"config transfer.mode='frozen' is defined for {', '.join(FROZEN_TRAINS)}, "
+    if mode == "frozen" and model_module(config.model.name).FROZEN_TRAINS is None:
+        defined = [name for name, module in MODELS.items() if module.FROZEN_TRAINS is not None]
+        raise ConfigError(f"config transfer.mode='frozen' is defined for {', '.join(defined)}, "
                           f"not model.name={config.model.name!r}")
     return mode, init
 
@@ -48,7 +46,7 @@ def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
     mode, _ = transfer_config(config)
     if mode != "frozen":
         return nnx.Param
-    return nnx.All(nnx.Param, nnx.PathContains(FROZEN_TRAINS[config.model.name]))
+    return nnx.All(nnx.Param, nnx.PathContains(model_module(config.model.name).FROZEN_TRAINS))
 
 
 def prepare(model: nnx.Module, config: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -67,7 +65,7 @@ def load_init(model: nnx.Module, path: str, architecture: str, num_classes: int)
         raise ConfigError(f"init={path} holds {meta['architecture']} weights ({meta['source']}), but "
                           f"model.name={architecture!r}; convert {architecture} weights or change model.name")
     source, _ = load_converted(path)
-    head = HEADS[architecture]
+    head = model_module(architecture).HEAD
     loaded = {p: _array(v) for p, v in nnx.to_flat_state(nnx.state(source, VARIABLES))}
     new = []
     for path_, variable in nnx.to_flat_state(nnx.state(model, VARIABLES)):
@@ -85,7 +83,3 @@ def load_init(model: nnx.Module, path: str, architecture: str, num_classes: int)
 
 def _array(variable):
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
-
-
-def count_trainable(model: nnx.Module, config: ml_collections.ConfigDict) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, trainable(config)))))
