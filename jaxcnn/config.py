@@ -185,6 +185,15 @@ def default_config() -> ml_collections.ConfigDict:
         max_train=0,  # keep at most this many training images (0 = all)
         max_test=0,
         crop_padding=0,  # train augmentation: random crop after zero-padding by this many pixels
+        # Resizing on the device (jaxcnn.data.augment): evaluation is an antialiased resize to
+        # image_size, or with eval_crop_pct > 0 the shorter side to image_size / eval_crop_pct and
+        # the central image_size (ImageNet); the same whatever train augmentation is set.
+        eval_crop_pct=0.0,
+        random_resized_crop=False,  # train augmentation: torchvision's RandomResizedCrop
+        rrc_scale=(0.08, 1.0),  # its area fraction range
+        rrc_ratio=(3 / 4, 4 / 3),  # its aspect (width / height) range
+        hflip=False,  # train augmentation: horizontal flip with probability 0.5
+        rotation=0.0,  # train augmentation: rotation by ± this many degrees (uniform)
     ))
     # name, dtype (float32, or bfloat16: bf16 compute, float32 parameters and logits) and the keys of
     # that architecture (`jaxcnn.models`); `model.name=...` switches to another architecture's keys.

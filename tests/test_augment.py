@@ -13,18 +13,12 @@ from jaxcnn.config import default_config
 from jaxcnn.data import augment as A
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.embedded import load_mnist5k
+from tests.data_helpers import data_config
 
 
 @pytest.fixture(scope="module")
 def digits():
     return load_mnist5k().train_images[:64]  # (64, 28, 28, 1) uint8
-
-
-def data_config(**fields):
-    data = default_config().data
-    for key, value in fields.items():
-        data[key] = value
-    return data
 
 
 def random_images(shape, seed=0):
@@ -49,6 +43,25 @@ def test_resize_matrix_matches_jax_image_resize_when_upscaling(sampler, in_hw, o
     for antialias in (False, True):  # the same when upscaling
         want = jax.image.resize(x, (3, *out_hw, 2), "bilinear", antialias=antialias)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((100, 75), (32, 32)), ((28, 28), (20, 24)),
+                                          ((60, 30), (224, 160))])
+def test_axis_aligned_sample_is_antialiased_like_jax_image(in_hw, out_hw):
+    """Downscaling widens the bilinear kernel as jax.image.resize(antialias=True) does; the centre
+    crop is jax.image.scale_and_translate(antialias=True) with the same scale and offset."""
+    x = random_images((2, *in_hw, 3))
+    got = A.axis_aligned_sample(x, A.resize_matrix(in_hw, out_hw)[None].repeat(2, 0), out_hw)
+    want = jax.image.resize(x, (2, *out_hw, 3), "bilinear", antialias=True)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+    m = np.asarray(A.center_crop_matrix(in_hw, out_hw, 0.875))
+    scale = 1 / m[[0, 1], [0, 1]]  # output px per input px; in = (out + 0.5 - t) / scale - 0.5
+    translation = 0.5 - scale * (m[:, 2] + 0.5)
+    got = A.axis_aligned_sample(x, np.broadcast_to(m, (2, 2, 3)), out_hw)
+    np.testing.assert_allclose(A.eval_resize(x, out_hw, 0.875), got, atol=2e-5, rtol=0)
+    want = jax.image.scale_and_translate(x, (2, *out_hw, 3), (1, 2), jnp.asarray(scale),
+                                         jnp.asarray(translation), "linear", antialias=True)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -110,8 +123,8 @@ def test_compose_applies_right_to_left():
 
 
 def boxes(key, n, in_hw, **kw):
-    return np.asarray(jax.jit(jax.vmap(lambda k: A.random_resized_crop_box(k, in_hw, **kw)))(
-        jax.random.split(key, n)))
+    u = jax.random.uniform(key, (n, A.RRC_UNIFORMS))
+    return np.asarray(jax.jit(lambda u: A.random_resized_crop_boxes(u, in_hw, **kw))(u))
 
 
 @pytest.mark.parametrize("in_hw", [(28, 28), (224, 224), (30, 50)])
@@ -132,12 +145,9 @@ def test_random_resized_crop_boxes_lie_inside_with_area_in_scale(in_hw):
 
 
 def test_random_resized_crop_is_deterministic_per_key_and_keys_differ():
-    key = jax.random.key(3)
-    m1 = A.random_resized_crop_matrix(key, (28, 28), (224, 224))
-    m2 = A.random_resized_crop_matrix(key, (28, 28), (224, 224))
-    m3 = A.random_resized_crop_matrix(jax.random.key(4), (28, 28), (224, 224))
-    np.testing.assert_array_equal(m1, m2)
-    assert not np.array_equal(m1, m3)
+    b1 = boxes(jax.random.key(3), 8, (28, 28))
+    np.testing.assert_array_equal(b1, boxes(jax.random.key(3), 8, (28, 28)))
+    assert not np.array_equal(b1, boxes(jax.random.key(4), 8, (28, 28)))
 
 
 def test_random_resized_crop_falls_back_to_central_crop():
@@ -146,6 +156,8 @@ def test_random_resized_crop_falls_back_to_central_crop():
     np.testing.assert_array_equal(b, np.tile([0, 0, 28, 28], (5, 1)))
     b = boxes(jax.random.key(0), 5, (20, 40), scale=(2.0, 3.0))  # too wide: cut to 4/3
     np.testing.assert_array_equal(b, np.tile([0, 6, 20, 27], (5, 1)))
+    b = boxes(jax.random.key(0), 5, (16, 16), scale=(1.0, 1.0), ratio=(2.0, 2.0))  # too tall
+    np.testing.assert_array_equal(b, np.tile([4, 0, 8, 16], (5, 1)))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -153,9 +165,8 @@ def test_random_resized_crop_matrix_samples_its_box(sampler):
     """Inside the box it is crop-then-resize; in the outer half pixel of the box this samples
     the real neighbouring pixels where crop-then-resize repeats the crop's edge pixels."""
     x = random_images((1, 28, 28, 1))
-    key = jax.random.key(5)
-    top, left, h, w = (int(v) for v in A.random_resized_crop_box(key, (28, 28)))
-    got = sampler(x, A.random_resized_crop_matrix(key, (28, 28), (64, 64))[None], (64, 64))
+    top, left, h, w = (int(v) for v in boxes(jax.random.key(5), 1, (28, 28))[0])
+    got = sampler(x, A.box_matrix((top, left, h, w), (64, 64))[None], (64, 64))
     want = jax.image.resize(x[:, top:top + h, left:left + w], (1, 64, 64, 1), "bilinear",
                             antialias=False)  # a box of <= 28 px: upscaling
     o = np.arange(64) + 0.5
@@ -168,8 +179,8 @@ def test_random_resized_crop_matrix_samples_its_box(sampler):
 
 def test_axis_aligned_sampler_equals_gather_sampler():
     x = random_images((16, 28, 28, 3))
-    opts = A.augment_options(dict(random_resized_crop=True, hflip=True))
-    m = jax.jit(lambda k: A.batch_matrices(k, 16, (28, 28), (96, 96), opts))(jax.random.key(0))
+    u = jax.random.uniform(jax.random.key(0), (16, 1 + A.RRC_UNIFORMS))
+    m = jax.jit(lambda u: A.random_matrices((28, 28), (96, 96), crop_u=u[:, 1:], flip_u=u[:, 0]))(u)
     np.testing.assert_allclose(A.axis_aligned_sample(x, m, (96, 96)),
                                A.affine_sample(x, m, (96, 96)), atol=1e-5, rtol=0)
 
@@ -187,13 +198,12 @@ def test_samples_outside_the_image_are_zero():
 # --------------------------------------------------------------------------------------------
 
 
-def test_augment_options_none_without_keys_and_nested_form():
-    assert A.augment_options(default_config().data) is None
-    assert A.augment_options(data_config(rotation=0, hflip=False, eval_crop_pct=0.0)) is None
-    opts = A.augment_options(data_config(hflip=True))
-    assert opts["hflip"] and opts["rrc_scale"] == (0.08, 1.0) and opts["rotation"] == 0.0
-    nested = A.augment_options(data_config(augment=dict(rotation=10, rrc_scale=[0.5, 1])))
-    assert nested["rotation"] == 10.0 and nested["rrc_scale"] == (0.5, 1.0)
+def test_default_config_declares_the_keys_with_augmentation_off():
+    data = default_config().data
+    assert (data.eval_crop_pct, data.rrc_scale, data.rrc_ratio) == (0.0, (0.08, 1.0), (3 / 4, 4 / 3))
+    assert not A.trains_augmented(data) and not A.trains_augmented(data_config(eval_crop_pct=0.875))
+    for key, value in (("random_resized_crop", True), ("hflip", True), ("rotation", 10.0)):
+        assert A.trains_augmented(data_config(**{key: value}))
 
 
 @pytest.mark.parametrize("fields", [
@@ -202,7 +212,7 @@ def test_augment_options_none_without_keys_and_nested_form():
     dict(image_size=(20, 20), mean=(0.2,), std=(0.5,)),
 ])
 def test_preprocess_without_augment_keys_resizes_and_normalises(digits, fields):
-    """No augmentation keys: the plain path (antialiased jax.image.resize), with or without a key."""
+    """No training augmentation keys: antialiased jax.image.resize, with or without a key."""
     data = data_config(**fields)
     x = jnp.asarray(digits).astype(jnp.float32) / 255.0
     if data.channels == 3:

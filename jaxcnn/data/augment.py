@@ -1,8 +1,23 @@
 """On-device (jit-friendly) affine resampling: resize, ImageNet centre crop, random resized crop,
 horizontal flip and rotation, composed into ONE 2x3 matrix per image so a batch is sampled once.
 
-Meant for transfer learning where small stored uint8 images (e.g. 28x28 MNIST) become 224x224x3
-network inputs per batch inside the jitted step, without ever materialising an upscaled dataset.
+Every resize of `jaxcnn.data.device.make_preprocess` goes through here, evaluation and training:
+small stored uint8 images (e.g. 28x28 MNIST) become 224x224x3 network inputs per batch inside the
+jitted step, without ever materialising an upscaled dataset, and photos are downscaled with
+antialiasing.
+
+One path for evaluation (`eval_resize`), the same whichever training augmentation keys are set:
+`jax.image.resize(..., "bilinear", antialias=True)` to `data.image_size`, or with
+`data.eval_crop_pct` the ImageNet evaluation transform (shorter side to size / crop_pct, central
+crop) as ONE antialiased `jax.image.scale_and_translate`. That is what torchvision evaluates with
+(`Resize(antialias=True)` + `CenterCrop`, as `jaxcnn.data.images.convert` with `crop_pct` does
+for files); a photo downscaled without antialiasing aliases (moire, jagged edges), so evaluation
+must not depend on whether training happens to use the affine matrices. Without training
+augmentation, training images are the evaluation images (bit for bit the resize used before the
+affine path existed). Training augmentation (random resized crop, flip, rotation) samples
+per-image matrices with the same antialiased triangle kernel (`axis_aligned_sample`; only the
+rotation gather `affine_sample` is not antialiased), so a flip-only training image is the
+evaluation image mirrored (to float32 rounding).
 
 Conventions
 -----------
@@ -11,9 +26,11 @@ Conventions
 * A matrix `M` (2, 3) maps an OUTPUT pixel `(row, col, 1)` to the INPUT coordinates it samples:
   `out[r, c] = image(M @ (r, c, 1))`.
 * Sampling is bilinear. Inside the image area (`-0.5 <= row <= H - 0.5`, same for cols) the
-  edge pixels are repeated for the last half pixel; outside it the value is 0. With this rule
-  `resize_matrix` reproduces `jax.image.resize(..., "bilinear")` exactly for upscaling (it needs
-  no antialiasing filter; for downscaling by more than 2x bilinear sampling aliases).
+  edge pixels are repeated for the last half pixel; outside it the value is 0. When an axis is
+  downscaled (`|M[i, i]| > 1` input pixels per output pixel), `axis_aligned_sample` widens the
+  triangle kernel by that factor (antialiasing), as `jax.image.scale_and_translate(...,
+  antialias=True)`; `affine_sample` (the gather, used only for rotation during training) does
+  not, and aliases when it downscales by more than 2x.
 * Composition: `compose(A, B)` is the map `p -> A(B(p))`. The training matrix is
   `compose(crop, flip, rotation)`: output coordinates are first rotated about the output centre,
   then mirrored, then mapped into the crop box. As image operations: the crop is taken and
@@ -27,18 +44,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 HW = Sequence[int]
 
-# Keys read (with `.get`) from the data config; any of them set (truthy) selects the affine path.
-AFFINE_KEYS = ("eval_crop_pct", "random_resized_crop", "hflip", "rotation")
-DEFAULTS: dict[str, Any] = dict(
-    eval_crop_pct=0.0, random_resized_crop=False, rrc_scale=(0.08, 1.0),
-    rrc_ratio=(3 / 4, 4 / 3), hflip=False, rotation=0.0)
+# Training augmentation keys of the data config (declared in `jaxcnn.config.default_config` with
+# `eval_crop_pct`, `rrc_scale`, `rrc_ratio`); any of them set draws per-image matrices in training.
+TRAIN_KEYS = ("random_resized_crop", "hflip", "rotation")
+RRC_TRIES = 10  # torchvision's RandomResizedCrop candidates per image
+RRC_UNIFORMS = 2 * RRC_TRIES + 2  # uniforms per image for `random_resized_crop_boxes`
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,32 +100,38 @@ def affine_sample(images: jax.Array, matrices: jax.Array, out_size: HW) -> jax.A
     return jax.vmap(one)(images, matrices)
 
 
-def _interp_weights(coord: jax.Array, size: int) -> jax.Array:
-    """(out, size) bilinear weights for 1-D sample positions `coord` (out,), same edge rule."""
-    lo, hi, frac, inside = _axis_coords(coord, size)
-    idx = jnp.arange(size)
-    weights = ((idx == lo[:, None]) * (1 - frac)[:, None]
-               + (idx == hi[:, None]) * frac[:, None])
-    # lo == hi only when size == 1 (then frac is 0): weight 1 on the single pixel.
+def _axis_weights(coord: jax.Array, size: int, step: jax.Array) -> jax.Array:
+    """(out, size) weights of the input pixels for 1-D sample positions `coord` (out,), `step`
+    input pixels per output pixel: the triangle (bilinear) kernel, widened to `|step|` pixels
+    when downscaling, normalised over the pixels inside the image, 0 outside the image area.
+    The same weights as `jax.image.scale_and_translate(..., "linear", antialias=True)`."""
+    width = jnp.maximum(jnp.abs(step), 1.0)
+    idx = jnp.arange(size, dtype=coord.dtype)
+    weights = jnp.maximum(0.0, 1.0 - jnp.abs(coord[:, None] - idx) / width)
+    total = jnp.sum(weights, axis=1, keepdims=True)
+    weights = jnp.where(total > 1000 * jnp.finfo(coord.dtype).eps,
+                        weights / jnp.where(total != 0, total, 1), 0)
+    inside = (coord >= -0.5) & (coord <= size - 0.5)
     return jnp.where(inside[:, None], weights, 0).astype(coord.dtype)
 
 
 def axis_aligned_sample(images: jax.Array, matrices: jax.Array, out_size: HW) -> jax.Array:
-    """Same result as `affine_sample` for matrices without rotation/shear (off-diagonals 0).
+    """Antialiased bilinear resampling of `images` (N, H, W, C) at `matrices` (N, 2, 3) without
+    rotation or shear (the off-diagonal entries are ignored). Equals `affine_sample` where no axis
+    is downscaled.
 
-    Separable: two small per-image matrix products instead of a gather (MXU/tensor-core
-    friendly). The off-diagonal entries of `matrices` are ignored.
+    Separable: two small matrix products instead of a gather (MXU/tensor-core friendly).
     """
     n, h, w, c = images.shape
     out_h, out_w = (int(s) for s in out_size)
     matrices = jnp.asarray(matrices, images.dtype)
     rows = jnp.arange(out_h, dtype=images.dtype)
     cols = jnp.arange(out_w, dtype=images.dtype)
-    ry = jax.vmap(lambda m: _interp_weights(m[0, 0] * rows + m[0, 2], h))(matrices)
-    rx = jax.vmap(lambda m: _interp_weights(m[1, 1] * cols + m[1, 2], w))(matrices)
+    ry = lambda m: _axis_weights(m[0, 0] * rows + m[0, 2], h, m[0, 0])
+    rx = lambda m: _axis_weights(m[1, 1] * cols + m[1, 2], w, m[1, 1])
     hp = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("nih,nhwc->niwc", ry, images, precision=hp)
-    return jnp.einsum("njw,niwc->nijc", rx, x, precision=hp)
+    x = jnp.einsum("nih,nhwc->niwc", jax.vmap(ry)(matrices), images, precision=hp)
+    return jnp.einsum("njw,niwc->nijc", jax.vmap(rx)(matrices), x, precision=hp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,85 +200,62 @@ def rotation_matrix(angle_deg, out_hw: HW) -> jax.Array:
     return _affine(cos, sin, cy - cos * cy - sin * cx, -sin, cos, cx + sin * cy - cos * cx)
 
 
-def random_hflip_matrix(key: jax.Array, out_hw: HW, prob: float = 0.5) -> jax.Array:
-    """`hflip_matrix` with probability `prob`, else the identity."""
-    return jnp.where(jax.random.bernoulli(key, prob), hflip_matrix(out_hw), identity_matrix())
+def random_resized_crop_boxes(u: jax.Array, in_hw: HW, scale=(0.08, 1.0),
+                              ratio=(3 / 4, 4 / 3)) -> jax.Array:
+    """torchvision `RandomResizedCrop.get_params` for a batch, from uniforms `u` (n, RRC_UNIFORMS):
+    per image `RRC_TRIES` candidates with area fraction ~ U(scale) and aspect w/h log-uniform in
+    `ratio`, rounded to whole pixels; the first that fits is used at a uniform position, else
+    torchvision's fallback (the whole image cut to the nearest allowed aspect, centred).
+    Returns (n, 4) int32 (top, left, height, width).
 
-
-def random_rotation_matrix(key: jax.Array, out_hw: HW, degrees: float) -> jax.Array:
-    """Rotation by an angle uniform in [-degrees, degrees] about the output centre."""
-    angle = jax.random.uniform(key, (), jnp.float32, -degrees, degrees)
-    return rotation_matrix(angle, out_hw)
-
-
-def random_resized_crop_box(key: jax.Array, in_hw: HW, scale=(0.08, 1.0),
-                            ratio=(3 / 4, 4 / 3), tries: int = 10) -> jax.Array:
-    """torchvision `RandomResizedCrop.get_params`, vectorised: `tries` candidates with area
-    fraction ~ U(scale) and aspect w/h log-uniform in `ratio`, rounded to whole pixels; the
-    first that fits is used with a uniform position, else torchvision's central fallback crop.
-    Returns int32 (top, left, height, width)."""
-    h_in, w_in = int(in_hw[0]), int(in_hw[1])
-    k_area, k_ratio, k_pos = jax.random.split(key, 3)
-    area = h_in * w_in * jax.random.uniform(k_area, (tries,), jnp.float32, scale[0], scale[1])
-    log_r = jax.random.uniform(k_ratio, (tries,), jnp.float32, math.log(ratio[0]),
-                               math.log(ratio[1]))
-    aspect = jnp.exp(log_r)
+    Batched on purpose, with the uniforms drawn by the caller in one call: `jax.random` calls
+    under `vmap` compile several times slower."""
+    h_in, w_in = (int(v) for v in in_hw)
+    t = RRC_TRIES
+    area = h_in * w_in * (scale[0] + (scale[1] - scale[0]) * u[:, :t])
+    lr = math.log(ratio[0]), math.log(ratio[1])
+    aspect = jnp.exp(lr[0] + (lr[1] - lr[0]) * u[:, t:2 * t])
     w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
     h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
     ok = (w > 0) & (w <= w_in) & (h > 0) & (h <= h_in)
-    first = jnp.argmax(ok)
-    any_ok = ok[first]
-    h, w = h[first], w[first]
-    # Uniform integer positions in [0, h_in - h] and [0, w_in - w] (floor of a uniform draw:
-    # `jax.random.randint` with traced bounds compiles several times slower under vmap).
-    room = jnp.maximum(jnp.stack([h_in - h, w_in - w]), 0)
-    pos = jnp.floor(jax.random.uniform(k_pos, (2,), jnp.float32) * (room + 1).astype(jnp.float32))
-    top, left = jnp.minimum(pos.astype(jnp.int32), room)
-
-    # Fallback: the whole image, cut to the nearest allowed aspect ratio (static numbers).
-    in_ratio = w_in / h_in
-    if in_ratio < min(ratio):
-        fw, fh = w_in, int(round(w_in / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = h_in, int(round(h_in * max(ratio)))
-    else:
-        fw, fh = w_in, h_in
+    first = jnp.argmax(ok, axis=1)[:, None]
+    h, w = (jnp.take_along_axis(v, first, 1)[:, 0] for v in (h, w))
+    room = jnp.maximum(jnp.stack([h_in - h, w_in - w], 1), 0)
+    pos = jnp.minimum(jnp.floor(u[:, 2 * t:2 * t + 2] * (room + 1)).astype(jnp.int32), room)
+    in_ratio = w_in / h_in  # fallback: the whole image cut to the nearest allowed aspect
+    fh = round(w_in / ratio[0]) if in_ratio < ratio[0] else h_in
+    fw = round(h_in * ratio[1]) if in_ratio > ratio[1] else w_in
     fallback = jnp.array([(h_in - fh) // 2, (w_in - fw) // 2, fh, fw], jnp.int32)
-    return jnp.where(any_ok, jnp.stack([top, left, h, w]).astype(jnp.int32), fallback)
+    boxes = jnp.concatenate([pos, h[:, None], w[:, None]], 1)
+    return jnp.where(jnp.any(ok, axis=1)[:, None], boxes, fallback)
 
 
-def random_resized_crop_matrix(key: jax.Array, in_hw: HW, out_hw: HW, scale=(0.08, 1.0),
-                               ratio=(3 / 4, 4 / 3)) -> jax.Array:
-    """The crop of `random_resized_crop_box`, resized to `out_hw`."""
-    return box_matrix(random_resized_crop_box(key, in_hw, scale, ratio), out_hw)
+def random_matrices(in_hw: HW, out_hw: HW, *, base: jax.Array | None = None,
+                    crop_u: jax.Array | None = None, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    flip_u: jax.Array | None = None, angle_u: jax.Array | None = None,
+                    degrees: float = 0.0) -> jax.Array:
+    """(n, 2, 3) per-image `compose(crop, flip, rotation)` from uniforms in [0, 1): the random
+    resized crop of `crop_u` (n, RRC_UNIFORMS), or `base` for every image without it; a flip where
+    `flip_u` (n,) < 0.5; a rotation by `degrees * (2 * angle_u - 1)` (n,). Parts left out (None)
+    are not applied."""
+    if crop_u is not None:
+        crop = jax.vmap(lambda b: box_matrix(b, out_hw))(
+            random_resized_crop_boxes(crop_u, in_hw, scale, ratio))
+    else:
+        n = next(len(v) for v in (flip_u, angle_u) if v is not None)
+        crop = jnp.broadcast_to(base, (n, 2, 3))
+    parts = [crop]
+    if flip_u is not None:
+        parts.append(jnp.where((flip_u < 0.5)[:, None, None], hflip_matrix(out_hw),
+                               identity_matrix()))
+    if angle_u is not None:
+        parts.append(jax.vmap(lambda a: rotation_matrix(a, out_hw))(degrees * (2 * angle_u - 1)))
+    return compose(*parts)
 
 
 # --------------------------------------------------------------------------------------------
-# Config -> per-batch matrices -> preprocess
+# Data config -> resample
 # --------------------------------------------------------------------------------------------
-
-
-def augment_options(data: Mapping) -> dict[str, Any] | None:
-    """The affine-path options from a data config, or None when the config selects none.
-
-    Keys (all optional; flat on `data`, or inside a mapping `data.augment`, which wins):
-    `eval_crop_pct`, `random_resized_crop`, `rrc_scale`, `rrc_ratio`, `hflip`, `rotation`.
-    The affine path is on when `data.augment` is truthy or any of `AFFINE_KEYS` is truthy.
-    """
-    nested = data.get("augment", None)
-    opts = {k: data.get(k, v) for k, v in DEFAULTS.items()}
-    if isinstance(nested, Mapping) or hasattr(nested, "items"):
-        opts.update({k: v for k, v in nested.items() if k in DEFAULTS})
-    if not (nested or any(opts[k] for k in AFFINE_KEYS)):
-        return None
-    for k in DEFAULTS:
-        if opts[k] is None:
-            opts[k] = DEFAULTS[k]
-    opts["rrc_scale"] = tuple(float(v) for v in opts["rrc_scale"])
-    opts["rrc_ratio"] = tuple(float(v) for v in opts["rrc_ratio"])
-    opts["eval_crop_pct"] = float(opts["eval_crop_pct"] or 0.0)
-    opts["rotation"] = float(opts["rotation"] or 0.0)
-    return opts
 
 
 def eval_matrix(in_hw: HW, out_hw: HW, eval_crop_pct: float = 0.0) -> jax.Array:
@@ -266,40 +265,52 @@ def eval_matrix(in_hw: HW, out_hw: HW, eval_crop_pct: float = 0.0) -> jax.Array:
     return resize_matrix(in_hw, out_hw)
 
 
-def batch_matrices(key: jax.Array | None, n: int, in_hw: HW, out_hw: HW,
-                   opts: Mapping[str, Any]) -> jax.Array:
-    """(n, 2, 3) matrices: without a key the evaluation matrix for every image; with a key per
-    image `compose(random resized crop or eval matrix, random flip, random rotation)`."""
-    base = eval_matrix(in_hw, out_hw, opts.get("eval_crop_pct", 0.0))
-    if key is None:
-        return jnp.broadcast_to(base, (n, 2, 3))
-
-    def one(k):
-        k_crop, k_flip, k_rot = jax.random.split(k, 3)
-        parts = [random_resized_crop_matrix(k_crop, in_hw, out_hw, opts["rrc_scale"],
-                                            opts["rrc_ratio"])
-                 if opts.get("random_resized_crop") else base]
-        if opts.get("hflip"):
-            parts.append(random_hflip_matrix(k_flip, out_hw))
-        if opts.get("rotation"):
-            parts.append(random_rotation_matrix(k_rot, out_hw, opts["rotation"]))
-        return compose(*parts)
-
-    return jax.vmap(one)(jax.random.split(key, n))
+def eval_resize(x: jax.Array, out_hw: HW, eval_crop_pct: float = 0.0) -> jax.Array:
+    """The evaluation transform of a float NHWC batch, antialiased: a plain resize to `out_hw`,
+    or with `eval_crop_pct` the resize that makes the image cover `out / eval_crop_pct` keeping
+    its aspect and the central `out_hw` (as `center_crop_matrix`), in one op."""
+    n, h, w, c = x.shape
+    out_h, out_w = (int(v) for v in out_hw)
+    if not eval_crop_pct:
+        return jax.image.resize(x, (n, out_h, out_w, c), "bilinear", antialias=True)
+    f = max(out_h / h, out_w / w) / eval_crop_pct  # output px per input px, both axes
+    # scale_and_translate maps input to output coordinates, out = in * f + t: centre to centre.
+    translation = jnp.array([(out_h - f * h) / 2, (out_w - f * w) / 2], jnp.float32)
+    return jax.image.scale_and_translate(x, (n, out_h, out_w, c), (1, 2),
+                                         jnp.array([f, f], jnp.float32), translation, "linear",
+                                         antialias=True)
 
 
-def make_affine_resample(data: Mapping, opts: Mapping[str, Any]
-                         ) -> Callable[[jax.Array, "jax.Array | None"], jax.Array]:
-    """`resample(float NHWC batch, key or None) -> (N, *data.image_size, C)` for `opts`.
+def trains_augmented(data: Mapping) -> bool:
+    """Whether `data` sets any training augmentation key (`TRAIN_KEYS`)."""
+    return any(bool(data[k]) for k in TRAIN_KEYS)
 
-    Uses the separable `axis_aligned_sample` when no rotation is configured (all matrices are
-    then axis aligned), else the gather `affine_sample`.
+
+def make_resample(data: Mapping) -> Callable[[jax.Array, "jax.Array | None"], jax.Array]:
+    """`resample(float NHWC batch, key or None) -> (N, *data.image_size, C)`.
+
+    Without a key, or with one but no `TRAIN_KEYS` set: `eval_resize` (the batch itself when its
+    size is already `data.image_size` and there is no `eval_crop_pct`). With a key and
+    `TRAIN_KEYS` set: per image the random resized crop (or the
+    evaluation transform), random flip and random rotation, as one matrix; sampled with the
+    separable antialiased `axis_aligned_sample`, or the gather `affine_sample` with rotation.
     """
     out_hw = tuple(int(s) for s in data.image_size)
-    sampler = affine_sample if opts.get("rotation") else axis_aligned_sample
+    crop_pct = float(data.eval_crop_pct)
+    rrc, hflip, degrees = bool(data.random_resized_crop), bool(data.hflip), float(data.rotation)
+    scale = tuple(float(v) for v in data.rrc_scale)
+    ratio = tuple(float(v) for v in data.rrc_ratio)
+    augmented = trains_augmented(data)
 
     def resample(x: jax.Array, key: jax.Array | None = None) -> jax.Array:
-        matrices = batch_matrices(key, x.shape[0], x.shape[1:3], out_hw, opts)
+        in_hw = tuple(x.shape[1:3])
+        if key is None or not augmented:
+            return eval_resize(x, out_hw, crop_pct)
+        u = jax.random.uniform(key, (x.shape[0], 2 + RRC_UNIFORMS), jnp.float32)
+        matrices = random_matrices(in_hw, out_hw, base=eval_matrix(in_hw, out_hw, crop_pct), crop_u=u[:, 2:] if rrc else None,
+                                   scale=scale, ratio=ratio, flip_u=u[:, 0] if hflip else None,
+                                   angle_u=u[:, 1] if degrees else None, degrees=degrees)
+        sampler = affine_sample if degrees else axis_aligned_sample
         return sampler(x, matrices, out_hw)
 
     return resample

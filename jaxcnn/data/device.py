@@ -20,52 +20,36 @@ def make_preprocess(data: ml_collections.ConfigDict) -> Preprocess:
 
     Converts the batch's channels and size to `data.channels` and `data.image_size`, scales to
     [0, 1], normalises with `data.mean`/`data.std`; with a key (training) it also applies the
-    configured augmentation (random crop after `data.crop_padding` pixels of zero padding).
+    configured augmentation: random resized crop (`data.random_resized_crop`, `rrc_scale`,
+    `rrc_ratio`), flip (`data.hflip`), rotation (`data.rotation`) as one affine resampling, then a
+    random crop after `data.crop_padding` pixels of zero padding.
 
-    When the data config sets any of the optional keys `eval_crop_pct`, `random_resized_crop`,
-    `hflip`, `rotation` (read with `.get`; see `jaxcnn.data.augment`), resizing and augmentation
-    go through one affine resampling per batch instead: with a key, random resized crop (or the
-    eval transform) then flip then rotation; without a key, the centre crop (`eval_crop_pct`)
-    or a plain bilinear resize. Without those keys the behaviour is unchanged.
+    Resizing is `jaxcnn.data.augment.make_resample`: without a key (evaluation) always the same
+    antialiased resize, or resize + centre crop with `data.eval_crop_pct`, whichever training
+    augmentation keys are set.
     """
-    height, width = data.image_size
     channels = data.channels
     mean = jnp.asarray(data.mean, jnp.float32)
     std = jnp.asarray(data.std, jnp.float32)
     padding = data.crop_padding
     luma = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
-    opts = augment.augment_options(data)
-    if opts is not None:
-        resample = augment.make_affine_resample(data, opts)
-
-        def affine_preprocess(images: jax.Array, key: jax.Array | None = None) -> jax.Array:
-            x = images.astype(jnp.float32) / 255.0
-            if x.shape[-1] == 3 and channels == 1:
-                x = (x @ luma)[..., None]
-            crop_key = None
-            if key is not None and padding:
-                key, crop_key = jax.random.split(key)
-            # Sampling is linear per channel, so gray -> RGB is repeated after sampling (same
-            # values as repeating first, a third of the work).
-            x = resample(x, key)
-            if x.shape[-1] == 1 and channels == 3:
-                x = jnp.repeat(x, 3, axis=-1)
-            if crop_key is not None:
-                x = random_crop(crop_key, x, padding)
-            return (x - mean) / std
-
-        return affine_preprocess
+    resample = augment.make_resample(data)
+    augmented = augment.trains_augmented(data)
 
     def preprocess(images: jax.Array, key: jax.Array | None = None) -> jax.Array:
         x = images.astype(jnp.float32) / 255.0
+        if x.shape[-1] == 3 and channels == 1:
+            x = (x @ luma)[..., None]
+        crop_key = None
+        if key is not None and padding:
+            key, crop_key = jax.random.split(key) if augmented else (None, key)
+        # Sampling is linear per channel, so gray -> RGB is repeated after sampling (same
+        # values as repeating first, a third of the work).
+        x = resample(x, key)
         if x.shape[-1] == 1 and channels == 3:
             x = jnp.repeat(x, 3, axis=-1)
-        elif x.shape[-1] == 3 and channels == 1:
-            x = (x @ luma)[..., None]
-        if x.shape[1:3] != (height, width):
-            x = jax.image.resize(x, (x.shape[0], height, width, channels), "bilinear", antialias=True)
-        if key is not None and padding:
-            x = random_crop(key, x, padding)
+        if crop_key is not None:
+            x = random_crop(crop_key, x, padding)
         return (x - mean) / std
 
     return preprocess

@@ -7,8 +7,9 @@ matrices); with probability ``jitter_prob`` torchvision's ``ColorJitter(0.8s, 0.
 for ``s = jitter`` (brightness, contrast, saturation, hue in a random order per image);
 grayscale with probability ``gray_prob``; if ``blur``, a Gaussian blur with p 0.5, sigma
 ~ U[0.1, 2], odd kernel ``2 * (side // 20) + 1`` >= 3 (~10% of the side, as the authors' code).
-The crop box is torchvision's ``RandomResizedCrop.get_params`` as ``data.augment``'s, drawn for
-the whole batch at once; the output is clipped to [0, 1], float32, same shape as the input.
+The crop box is torchvision's ``RandomResizedCrop.get_params``
+(``jaxcnn.data.augment.random_resized_crop_boxes``), drawn for the whole batch at once; the
+output is clipped to [0, 1], float32, same shape as the input.
 
 ``DEFAULTS`` are the SimCLR authors' CIFAR-10 settings (Chen et al. 2020, appendix B.9): jitter
 strength s = 0.5 and no blur. The colour ops and blur follow ``torchvision.transforms.functional``
@@ -25,8 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.data.augment import (axis_aligned_sample, box_matrix, compose, hflip_matrix,
-                                 identity_matrix)
+from jaxcnn.data.augment import RRC_UNIFORMS, axis_aligned_sample, random_matrices
 
 DEFAULTS: dict[str, Any] = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=True,
                                 jitter=0.5, jitter_prob=0.8, gray_prob=0.2, blur=False)
@@ -117,32 +117,6 @@ def gaussian_blur(x: jax.Array, sigma, kernel_size: int) -> jax.Array:
     return x
 
 
-_TRIES = 10
-
-
-def _crop_boxes(u: jax.Array, in_hw, scale, ratio) -> jax.Array:
-    """`data.augment.random_resized_crop_box` (torchvision's get_params: `_TRIES` candidates,
-    first fitting one at a uniform position, else the central fallback) for a batch, from
-    uniforms `u` (n, 2 * _TRIES + 2). Returns (n, 4) int32 (top, left, height, width)."""
-    h_in, w_in = in_hw
-    area = h_in * w_in * (scale[0] + (scale[1] - scale[0]) * u[:, :_TRIES])
-    lr = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(lr[0] + (lr[1] - lr[0]) * u[:, _TRIES:2 * _TRIES])
-    w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
-    h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
-    ok = (w > 0) & (w <= w_in) & (h > 0) & (h <= h_in)
-    first = jnp.argmax(ok, axis=1)[:, None]
-    h, w = (jnp.take_along_axis(v, first, 1)[:, 0] for v in (h, w))
-    room = jnp.maximum(jnp.stack([h_in - h, w_in - w], 1), 0)
-    pos = jnp.minimum(jnp.floor(u[:, -2:] * (room + 1)).astype(jnp.int32), room)
-    in_ratio = w_in / h_in  # fallback: the whole image cut to the nearest allowed aspect
-    fh = round(w_in / ratio[0]) if in_ratio < ratio[0] else h_in
-    fw = round(h_in * ratio[1]) if in_ratio > ratio[1] else w_in
-    fallback = jnp.array([(h_in - fh) // 2, (w_in - fw) // 2, fh, fw], jnp.int32)
-    boxes = jnp.concatenate([pos, h[:, None], w[:, None]], 1)
-    return jnp.where(jnp.any(ok, axis=1)[:, None], boxes, fallback)
-
-
 def check_options(opts: Mapping[str, Any] | None) -> dict[str, Any]:
     """DEFAULTS updated with ``opts``, validated (ValueError naming the key)."""
     o = dict(DEFAULTS)
@@ -193,16 +167,13 @@ def _augment(key: jax.Array, x: jax.Array, items: tuple) -> jax.Array:
     """`simclr_augment` for validated options `items` (compiled once per shape and options)."""
     o = dict(items)
     n, h, w, _ = x.shape
-    # One draw for all per-image decisions (PRNG calls under vmap, as `batch_matrices` makes,
-    # compile several times slower). Columns: 0 flip, 1 jitter on, 2:6 jitter factors,
-    # 6:10 jitter order, 10 gray, 11 blur on, 12 blur sigma, 13: crop box.
-    u = jax.random.uniform(key, (n, 15 + 2 * _TRIES), jnp.float32)
+    # One draw for all per-image decisions (PRNG calls under vmap compile several times slower).
+    # Columns: 0 flip, 1 jitter on, 2:6 jitter factors, 6:10 jitter order, 10 gray, 11 blur on,
+    # 12 blur sigma, 13: crop box.
+    u = jax.random.uniform(key, (n, 13 + RRC_UNIFORMS), jnp.float32)
     per = lambda m: m[:, None, None, None]
-    crop = jax.vmap(lambda b: box_matrix(b, (h, w)))(
-        _crop_boxes(u[:, 13:], (h, w), o["crop_scale"], o["crop_ratio"]))
-    if o["hflip"]:
-        flip = jnp.where((u[:, 0] < 0.5)[:, None, None], hflip_matrix((h, w)), identity_matrix())
-        crop = compose(crop, flip)
+    crop = random_matrices((h, w), (h, w), crop_u=u[:, 13:], scale=o["crop_scale"],
+                           ratio=o["crop_ratio"], flip_u=u[:, 0] if o["hflip"] else None)
     x = axis_aligned_sample(x, crop, (h, w))  # crop + flip: one resampling (no rotation)
     s = o["jitter"]
     if s > 0 and o["jitter_prob"] > 0:

@@ -1,0 +1,16 @@
+"""Helpers shared by the data tests (test_data_sources, test_images, test_folder, test_device)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxcnn.config import default_config
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def data_config(**fields):
+    data = default_config().data
+    for key, value in fields.items():
+        data[key] = value
+    return data
