@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from jaxcnn.data.device import epoch_permutation, make_preprocess, pad_for_eval
@@ -70,6 +71,26 @@ def test_preprocess_resizes():
     ramp = np.broadcast_to(np.linspace(0, 255, 28).astype(np.uint8)[None, None, :, None], (1, 28, 28, 1))
     out = np.asarray(make_preprocess(data_config(image_size=(14, 14)))(jnp.asarray(ramp), None))
     assert np.all(np.diff(out[0, 7, :, 0]) > 0)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(image_size=(16, 20)),  # downscaled
+    dict(image_size=(40, 40), channels=3),  # upscaled
+    dict(image_size=(24, 24), channels=3, eval_crop_pct=0.875),
+])
+def test_evaluation_is_the_same_whatever_training_augmentation_is_set(fields):
+    """Training keys change training images only: the evaluation batch is bit for bit the one
+    without them, an antialiased resize (and centre crop with eval_crop_pct)."""
+    batch = jnp.asarray(uint8_batch((4, 28, 28, 1)))
+    plain = np.asarray(make_preprocess(data_config(**fields))(batch, None))
+    augmented = make_preprocess(data_config(random_resized_crop=True, hflip=True, **fields))
+    np.testing.assert_array_equal(np.asarray(augmented(batch, None)), plain)
+    np.testing.assert_array_equal(np.asarray(jax.jit(augmented)(batch, None)),
+                                  np.asarray(jax.jit(make_preprocess(data_config(**fields)))(batch, None)))
+    if "eval_crop_pct" not in fields:
+        x = jnp.repeat(batch / 255.0, plain.shape[-1], axis=-1)
+        want = jax.image.resize(x, plain.shape, "bilinear", antialias=True)
+        np.testing.assert_allclose(plain, want, atol=1e-5, rtol=0)
 
 
 def crop_offsets(out: np.ndarray, x: np.ndarray, padding: int) -> list[tuple[int, int]]:
