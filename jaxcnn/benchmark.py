@@ -25,7 +25,8 @@ import numpy as np
 
 from jaxcnn.config import ConfigError, validate
 from jaxcnn.data import Dataset, load_dataset
-from jaxcnn.train.trainer import Trainer, model_input_shape, resolve_loop
+from jaxcnn.train.init import model_input_shape
+from jaxcnn.train.trainer import Trainer, resolve_loop
 
 LOOPS = ("python", "scan")
 TORCH_METHOD = "pytorch eager"

@@ -16,6 +16,7 @@ from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain
 from jaxcnn.convert.store import VARIABLES
 from jaxcnn.ssl.trunk import load_trunk
+from jaxcnn.train import init
 from jaxcnn.train.trainer import Trainer
 
 ssl_init = load_config_module("ssl_init")
@@ -104,15 +105,14 @@ def test_wrong_trunk_architecture_channels_or_method_is_refused(kmeans_trunk, tm
         load_trunk(lenet, path)
     with pytest.raises(ConfigError, match="is not a pretrained trunk"):
         load_trunk(wide, tmp_path)
-    model = build_model(cfg.model, 10, (28, 28, 1), 0)
     with pytest.raises(ConfigError, match="pretrained with method 'kmeans', not ssl.method='simclr'"):
-        pretrain.prepare(model, config(f"simclr,trunk={path}", tmp_path))
+        init.initialise(config(f"simclr,trunk={path}", tmp_path), 10)
     with pytest.raises(ConfigError, match="ssl.method='random' trains from random weights"):
-        pretrain.prepare(model, config(f"random,trunk={path}", tmp_path))
+        init.initialise(config(f"random,trunk={path}", tmp_path), 10)
     with pytest.raises(ConfigError, match="ssl.method='byol' is not valid; valid values: random, autoencoder"):
-        pretrain.prepare(model, config("ssl.method=byol", tmp_path))
+        init.initialise(config("ssl.method=byol", tmp_path), 10)
     with pytest.raises(ConfigError, match="pretrains the trunk of model.name='ssl_cnn', not 'lenet5'"):
-        pretrain.prepare(model, config("autoencoder,model.name=lenet5", tmp_path))
+        init.initialise(config("autoencoder,model.name=lenet5", tmp_path), 10)
     with pytest.raises(ConfigError, match="config ssl: SimCLR augmentation option 'gray_prob' must be a probability"):
         pretrain.pretrain(config("simclr,data.max_train=300,ssl.gray_prob=2.0", tmp_path), tmp_path / "x")
     with pytest.raises(ConfigError, match="ssl.batch_size=512 must be between 2 and the 300 training images"):
@@ -145,9 +145,9 @@ def test_linear_probe_trains_only_the_head(kmeans_trunk, tmp_path):
     cfg, path, _ = kmeans_trunk
     cfg = config(f"kmeans_probe,trunk={path},batch_size=50", tmp_path)
     data = load_dataset(cfg.data)
-    trainer = Trainer(cfg, data.train_images, data.train_labels, data.num_classes, loop="python")
-    assert trainer.init_info == [{"init": "kmeans", "pretrain_time_s": pytest.approx(0, abs=60),
-                                  "trunk": str(path)}]
+    model, info = init.initialise(cfg, data.num_classes)
+    assert info == {"init": "kmeans", "pretrain_time_s": pytest.approx(0, abs=60), "trunk": str(path)}
+    trainer = Trainer(cfg, data.train_images, data.train_labels, data.num_classes, loop="python", models=[model])
     trunk_before, model_before = flat(trainer.model.trunk), flat(trainer.model)
     sums = trainer.train_epoch(1)
     assert np.isfinite(sums).all()
@@ -163,10 +163,13 @@ def test_study_pretrains_once_per_method_and_seed_and_reports_the_gain(tmp_path)
 
     overrides = (f"epochs=1,data.max_train=600,data.max_test=200,ssl.pretrain_dir={tmp_path / 'pre'},"
                  "ssl.kmeans_patches=20000,ssl.kmeans_iterations=5")
+    lines = []
     result = run_study("configs/ssl_init.py", tmp_path / "study", seeds=1,
                        variants=["kmeans", "random_probe", "kmeans_probe"], overrides=overrides,
-                       group="no", progress=False, log=lambda *_: None)
+                       group="no", progress=False, log=lines.append)
     assert [p.name.split("-")[:2] for p in (tmp_path / "pre").iterdir()] == [["kmeans", "seed0"]]  # shared
+    # pretraining is a step of the study of its own, before any run trains
+    assert lines[1].startswith("[pretrain 1/1] kmeans, seed 0 -> ") and lines[2].startswith("[1/3] ")
     summary = json.loads((tmp_path / "study" / "kmeans_probe" / "seed_0" / "summary.json").read_text())
     assert summary["init"] == "kmeans" and summary["pretrain_time_s"] > 0 and "seed0" in summary["trunk"]
     assert json.loads((tmp_path / "study" / "random_probe" / "seed_0" / "summary.json").read_text())["init"] == "random"

@@ -1,5 +1,5 @@
-"""Self-supervised pretraining of the `ssl_cnn` trunk on unlabeled training images, and loading the
-result into the classifier.
+"""Self-supervised pretraining of the `ssl_cnn` trunk on unlabeled training images (a job of its own,
+run before training: `jaxcnn.train.init.pretrain_missing`; `jaxcnn.train.init.initialise` loads the trunk).
 
 Methods (`ssl.method`):
 - `autoencoder`: encoder = the trunk, a mirrored decoder (nearest upsampling + conv 3×3 + BatchNorm +
@@ -43,7 +43,7 @@ from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
 from jaxcnn.models.ssl_cnn import leaky_relu
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
-from jaxcnn.ssl.trunk import is_trunk, load_trunk, save_trunk
+from jaxcnn.ssl.trunk import save_trunk
 
 METHODS = ("random", "autoencoder", "simclr", "kmeans")
 # ssl.* keys each method reads (they, the data, the trunk and the seed name the cached trunk).
@@ -115,8 +115,7 @@ def pretrain_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     method = check_method(config)
     settings = {"method": method, "seed": config.seed,
                 "data": {k: config.data[k] for k in DATA_KEYS},
-                "model": {"widths": config.model.get("widths", (16, 32, 64)),
-                          "dropout": config.model.get("dropout", 0.25)},
+                "model": {"widths": config.model.widths, "dropout": config.model.dropout},
                 "ssl": {k: config.ssl[k] for k in METHOD_KEYS.get(method, ())}}
     return json.loads(json.dumps(settings))
 
@@ -125,27 +124,6 @@ def cached_trunk_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     settings = pretrain_settings(config)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return pathlib.Path(config.ssl.pretrain_dir) / f"{settings['method']}-seed{config.seed}-{digest}"
-
-
-def prepare(model: nnx.Module, config: ml_collections.ConfigDict, progress: bool = True) -> dict[str, Any]:
-    """Initialises `model`'s trunk as `config.ssl` says (pretraining first if no trunk is cached);
-    returns what the run summary records: init, pretrain_time_s, trunk. {} for configs without `ssl`."""
-    if config.get("ssl") is None:
-        return {}
-    method = check_method(config)
-    if method == "random":
-        if config.ssl.trunk:
-            raise ConfigError(f"config ssl.method='random' trains from random weights; remove "
-                              f"ssl.trunk={config.ssl.trunk!r} or set ssl.method to the trunk's method")
-        return {"init": "random", "pretrain_time_s": 0.0}
-    path = pathlib.Path(config.ssl.trunk) if config.ssl.trunk else cached_trunk_dir(config)
-    if not config.ssl.trunk and not is_trunk(path):
-        pretrain(config, path, progress=progress)
-    meta = load_trunk(model, path)
-    if meta.get("method") != method:
-        raise ConfigError(f"ssl.trunk={str(path)!r} was pretrained with method {meta.get('method')!r}, "
-                          f"not ssl.method={method!r}; set ssl.method={meta.get('method')!r} or use another trunk")
-    return {"init": method, "pretrain_time_s": meta["pretrain_time_s"], "trunk": str(path)}
 
 
 def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progress: bool = True) -> dict[str, Any]:

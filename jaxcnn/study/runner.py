@@ -28,6 +28,7 @@ from jaxcnn.errors import WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_atomic, write_json
 from jaxcnn.study.report import write_report
 from jaxcnn.study.runs import RunRecord
+from jaxcnn.train import init
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.loop import TrainingDivergedError, train_group
 from jaxcnn.train.trainer import check_trainable, group_key
@@ -166,6 +167,7 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
     try:
         write_json(workdir / STUDY_JSON, _check_claim(workdir, config_path, overrides))  # again, locked
         log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
+        init.pretrain_missing([r.config for r in pending], progress, log)  # trunks first, each once, cached
         groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
         t0 = time.perf_counter()
         for i, members in enumerate(groups, 1):

@@ -28,7 +28,7 @@ from jaxcnn.files import WorkdirLock, read_json, write_json
 from jaxcnn.models import count_params
 from jaxcnn.report.metrics import best_record
 from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
-from jaxcnn.train import sharding
+from jaxcnn.train import init, sharding
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
@@ -119,6 +119,7 @@ class _Run:
         self.compile_time = 0.0
         self.error: TrainingDivergedError | None = None
         self.writer = None
+        self.init_info: dict[str, Any] = {}  # how the model was initialised (`init.initialise`), for the summary
 
     def check(self) -> None:
         validate(self.config)
@@ -244,7 +245,12 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence
     for run in runs:
         run.check()
     dataset = dataset or load_dataset(configs[0].data)
-    trainer = Trainer(list(configs), dataset.train_images, dataset.train_labels, dataset.num_classes)
+    init.pretrain_missing(configs, progress)  # a trunk a config needs and no cache holds yet
+    initialised = [init.initialise(config, dataset.num_classes) for config in configs]
+    trainer = Trainer(list(configs), dataset.train_images, dataset.train_labels, dataset.num_classes,
+                      models=[model for model, _ in initialised])
+    for run, (_, info) in zip(runs, initialised):
+        run.init_info = info
     with _StopRequest() as stop:
         try:
             for run in runs:
@@ -352,7 +358,7 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
             continue
         summary = summarize(run.history, count_params(trainer.models[g]), run.compile_time)
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
-                       backend=jax.default_backend(), loop=trainer.loop, group_size=size, **trainer.init_info[g])
+                       backend=jax.default_backend(), loop=trainer.loop, group_size=size, **run.init_info)
         title = f"{run.config.model.name} {run.config.variant} on {dataset.name}".replace("  ", " ")
         if run.primary:
             write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,

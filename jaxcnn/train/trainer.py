@@ -19,8 +19,8 @@ from flax import nnx
 from jaxcnn.config import ConfigError, flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
-from jaxcnn.ssl import pretrain as ssl_pretrain
-from jaxcnn.train import sharding, transfer
+from jaxcnn.train import init, sharding, transfer
+from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
 from jaxcnn.train.steps import init_metrics, make_epoch_fns
 
@@ -34,10 +34,6 @@ def resolve_loop(loop: str) -> str:
     if loop != "auto":
         return loop
     return "python" if jax.default_backend() == "cpu" else "scan"
-
-
-def model_input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-    return (*config.data.image_size, config.data.channels)
 
 
 # Keys in which the members of one group may differ: everything else must be equal.
@@ -56,11 +52,7 @@ def check_trainable(config: ml_collections.ConfigDict, num_examples: int, num_cl
         raise ConfigError(f"train.batch_size={config.train.batch_size} is larger than the {num_examples} "
                           "training images")
     nnx.eval_shape(lambda: build_model(config.model, num_classes, model_input_shape(config), config.seed))
-    _, init = transfer.transfer_config(config)
-    if init:
-        transfer.read_meta(init)  # converted weights that exist and are readable
-    if config.get("ssl") is not None:
-        ssl_pretrain.check_method(config)
+    init.check(config)
 
 
 def group_key(config: ml_collections.ConfigDict) -> str:
@@ -78,10 +70,14 @@ class Trainer:
     them all, each member with its own initialisation, shuffle and augmentation keys, exactly as
     when it trains alone. Member objects (`models[g]`, `optimizers[g]`) hold the state between
     epochs, so checkpoints and evaluation work per member.
+
+    `models`: the members' initialised models (`jaxcnn.train.init.initialise`); by default each is
+    initialised here, which loads converted weights or a trunk but never pretrains one.
     """
 
     def __init__(self, configs: ml_collections.ConfigDict | Sequence[ml_collections.ConfigDict],
-                 images: np.ndarray, labels: np.ndarray, num_classes: int, loop: str | None = None):
+                 images: np.ndarray, labels: np.ndarray, num_classes: int, loop: str | None = None,
+                 models: Sequence[nnx.Module] | None = None):
         configs = [configs] if isinstance(configs, ml_collections.ConfigDict) else list(configs)
         keys = {group_key(c) for c in configs}
         if len(keys) != 1:
@@ -97,13 +93,13 @@ class Trainer:
             check_trainable(c, self.num_examples, num_classes)
         self.mesh = sharding.make_mesh(config.get("mesh", 0))
         self.replicated = sharding.replicated(self.mesh)
+        if models is None:
+            models = [init.initialise(c, num_classes)[0] for c in configs]
+        if len(models) != len(configs):
+            raise ValueError(f"{len(models)} models for {len(configs)} configs")
         self.models, self.optimizers, self.schedules = [], [], []
-        self.init_info: list[dict] = []  # per member: how it was initialised (pretrained trunk, time)
         self.wrt = transfer.trainable(config)
-        for c in configs:
-            model = build_model(c.model, num_classes, model_input_shape(c), c.seed)
-            transfer.prepare(model, c, num_classes)
-            self.init_info.append(ssl_pretrain.prepare(model, c))
+        for c, model in zip(configs, models):
             tx, schedule = make_optimizer(c.optim, self.steps, c.train.epochs)
             model.train()
             self.models.append(model)
