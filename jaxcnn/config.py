@@ -282,6 +282,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     nnx.eval_shape(lambda: build_model(config.model, 2, (*config.data.image_size, config.data.channels), 0))
 
 
+def stored_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config of a stored run (config.json, a checkpoint's record), read with this version's keys:
+    the stored values over today's defaults, so keys added since hold the default the run used, and
+    the model section is its architecture's (keys of other models, which earlier versions stored in
+    every config, are dropped)."""
+    merged = default_config().to_dict()
+    for section, values in stored.items():
+        if section == "model":
+            model = model_config(values["name"], values.get("dtype", "float32")).to_dict()
+            merged["model"] = {**model, **{k: v for k, v in values.items() if k in model}}
+        elif isinstance(values, Mapping) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return ml_collections.ConfigDict(merged)
+
+
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`{'optim.learning_rate': 0.001, ...}` with tuples as lists (as in config.json)."""
     return flatten_dict(json.loads(config.to_json()))

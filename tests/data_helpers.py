@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
+from PIL import Image
 
 from jaxcnn.config import default_config
 
@@ -14,3 +17,8 @@ def data_config(**fields):
     for key, value in fields.items():
         data[key] = value
     return data
+
+
+def save(path: pathlib.Path, image: Image.Image, **kwargs) -> pathlib.Path:
+    image.save(path, **kwargs)
+    return path

@@ -15,9 +15,9 @@ from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.train.loop import train_and_evaluate
 from jaxcnn.train.trainer import Trainer
-from tests.test_config import load_config_module
+from tests.helpers import config_module
 
-lenet = load_config_module("lenet")
+lenet = config_module("lenet")
 ARG = "3,data.max_train=640,data.max_test=200,batch_size=80,train.eval_batch_size=200,epochs=1"
 
 

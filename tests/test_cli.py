@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.test_faults import cli, one_error_line, train_cli
+from tests.helpers import cli, one_error_line, train_cli
 
 BAD_CONFIGS = {
     "syntax.py": "x = (\n",

@@ -1,20 +1,9 @@
 """Config files: every variant parses; bad variants, keys and values are refused with the valid ones listed."""
 
-import pathlib
-
 import pytest
 
-from jaxcnn import config as config_lib
 from jaxcnn.config import ConfigError, build_config, default_config, split_arg, validate
-
-ROOT = pathlib.Path(__file__).parent.parent
-
-
-def load_config_module(name: str):
-    return config_lib.load_config_module(ROOT / "configs" / f"{name}.py")
-
-
-lenet = load_config_module("lenet")
+from tests.helpers import lenet
 
 STUDY_TABLE = {  # the study's table: optimizer / activation / learning rate
     "0": ("adam", "tanh", 0.01), "1": ("adam", "tanh", 0.001), "2": ("adam", "relu", 0.01),

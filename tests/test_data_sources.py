@@ -72,10 +72,9 @@ def test_mnist5k_is_deterministic(mnist):
         np.testing.assert_array_equal(getattr(again, field), getattr(mnist, field))
 
 
-@pytest.mark.parametrize("source", ["embedded", "embedded:mnist5k"])
-def test_load_dataset_default_config_is_embedded_mnist(mnist, source):
+def test_load_dataset_default_config_is_embedded_mnist(mnist):
     data = default_config().data
-    data.source = source
+    data.source = "embedded"
     dataset = load_dataset(data)
     assert dataset.class_names == mnist.class_names
     np.testing.assert_array_equal(dataset.train_images, mnist.train_images)

@@ -8,7 +8,7 @@ from flax import nnx
 from jaxcnn.data import load_dataset
 from jaxcnn.models import build_model
 from jaxcnn.train.trainer import Trainer
-from tests.test_config import load_config_module
+from tests.helpers import config_module
 
 CASES = {  # config file:arg, input shape (ResNet and AlexNet: tests/test_transfer.py)
     "lenet5": ("lenet", "3", (28, 28, 1)),
@@ -20,7 +20,7 @@ CASES = {  # config file:arg, input shape (ResNet and AlexNet: tests/test_transf
 @pytest.mark.parametrize("name", CASES)
 def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(name):
     module, arg, shape = CASES[name]
-    cfgs = load_config_module(module)
+    cfgs = config_module(module)
     f32 = build_model(cfgs.get_config(arg).model, 10, shape, 0)
     bf16 = build_model(cfgs.get_config(f"{arg},model.dtype=bfloat16").model, 10, shape, 0)
     for model in (f32, bf16):
@@ -37,7 +37,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(name):
 
 
 def test_bfloat16_lenet_trains_like_float32_on_embedded_digits():
-    cfgs = load_config_module("lenet")
+    cfgs = config_module("lenet")
     accuracy = {}
     for dtype in ("float32", "bfloat16"):
         config = cfgs.get_config(f"3,model.dtype={dtype},data.max_train=2000")

@@ -16,7 +16,7 @@ from jaxcnn.export import export, load_model, to_onnx
 from jaxcnn.models import build_model, model_config
 from jaxcnn.predict import load_predictor
 from jaxcnn.train import loop
-from tests.test_config import ROOT, load_config_module
+from tests.helpers import ROOT, config_module
 
 pytest.importorskip("jax2onnx")
 pytest.importorskip("onnx")
@@ -61,7 +61,7 @@ def test_onnx_logits_equal_jax_logits_for_any_batch_size(name, pooling):
 
 def test_trained_run_exports_logits_that_match_the_predictor(tmp_path):
     workdir = tmp_path / "run"
-    config = load_config_module("lenet").get_config("3,epochs=1,data.max_train=500,data.max_test=200")
+    config = config_module("lenet").get_config("3,epochs=1,data.max_train=500,data.max_test=200")
     loop.train_and_evaluate(config, workdir, progress=False)
     out = export(workdir, "onnx")
     assert out == workdir / "export"

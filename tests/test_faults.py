@@ -24,32 +24,7 @@ from jaxcnn.errors import WorkdirError
 from jaxcnn.models import build_model
 from jaxcnn.train import loop
 from jaxcnn.train.checkpoint import DAMAGED, Checkpoints
-from tests.test_config import lenet
-
-REPO = pathlib.Path(__file__).parent.parent
-# The runs started here compute on the backend the test process uses (their results are compared with in-process runs).
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-SMALL = "3,data.max_train=500,data.max_test=200,epochs=3,optim.schedule=cosine"
-
-
-def cli(script: str, *args: str, fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs scripts/SCRIPT as a user would, optionally with a fault point (`jaxcnn.faults`)."""
-    env = dict(ENV, JAXCNN_FAULT=fault) if fault else ENV
-    return subprocess.run([sys.executable, str(REPO / "scripts" / script), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def train_cli(workdir: pathlib.Path, arg: str = SMALL, **kw) -> subprocess.CompletedProcess:
-    return cli("train.py", "--config", f"configs/lenet.py:{arg}", "--workdir", str(workdir), **kw)
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The single `error: ...` line of a failed command, which must print no traceback."""
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    errors = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-4000:]
-    return errors[0]
+from tests.helpers import ENV, ROOT, SMALL, cli, lenet, one_error_line, train_cli
 
 
 def digit_png(folder: pathlib.Path) -> pathlib.Path:
@@ -150,7 +125,7 @@ def test_ctrl_c_from_outside_says_where_to_resume_and_the_rerun_finishes(tmp_pat
     workdir = tmp_path / "run"
     arg = "3,data.max_train=200,data.max_test=100,epochs=12"
     proc = subprocess.Popen([sys.executable, "scripts/train.py", "--config", f"configs/lenet.py:{arg}",
-                             "--workdir", str(workdir)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                             "--workdir", str(workdir)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -172,7 +147,7 @@ def test_ctrl_c_from_outside_says_where_to_resume_and_the_rerun_finishes(tmp_pat
 def test_a_second_process_on_the_same_workdir_is_refused_with_the_holder(reference, tmp_path):
     workdir = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "scripts/train.py", "--config", f"configs/lenet.py:{SMALL}",
-                              "--workdir", str(workdir)], cwd=REPO, env=dict(ENV, JAXCNN_FAULT="metrics_written:1:SIGSTOP"),
+                              "--workdir", str(workdir)], cwd=ROOT, env=dict(ENV, JAXCNN_FAULT="metrics_written:1:SIGSTOP"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -201,7 +176,7 @@ def test_a_full_disk_stops_with_one_line_and_the_rerun_after_freeing_space_finis
               f"mount -o remount,size=64m {mnt}\n"
               f"{train} >{out}/out2 2>{out}/err2; echo $? >{out}/rc2\n"
               f"cp -r {mnt}/run {out}/run\n")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=ENV, capture_output=True,
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=300)
     if proc.returncode == 99 or "unshare failed" in proc.stderr or "Operation not permitted" in proc.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:200]}")

@@ -13,8 +13,7 @@ from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.data.folder import load_folder
 from jaxcnn.data.images import ImageError
-from tests.data_helpers import data_config
-from tests.test_images import save
+from tests.data_helpers import data_config, save
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from jaxcnn.data import load_dataset
 from jaxcnn.train import loop
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.trainer import Trainer, group_key
-from tests.test_config import lenet
+from tests.helpers import lenet
 
 SMALL = "data.max_train=300,data.max_test=100,epochs=2"
 

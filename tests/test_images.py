@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxcnn.data.images import ImageError, convert, load_image
-from tests.data_helpers import LUMA
+from tests.data_helpers import LUMA, save
 
 
 # --------------------------------------------------------------------------------------------
 # Reading image files
 # --------------------------------------------------------------------------------------------
-
-
-def save(path: pathlib.Path, image: Image.Image, **kwargs) -> pathlib.Path:
-    image.save(path, **kwargs)
-    return path
 
 
 def test_gray_png_exact_in_1_and_3_channels(tmp_path):

@@ -9,9 +9,9 @@ from flax import nnx
 from jaxcnn.config import ConfigError, default_config, validate
 from jaxcnn.models import build_model, count_params
 from jaxcnn.models.pooling import PoolingCNN
-from tests.test_config import load_config_module
+from tests.helpers import config_module
 
-pooling = load_config_module("pooling")
+pooling = config_module("pooling")
 VARIANTS = ("stride", "max", "avg")
 
 

@@ -12,7 +12,7 @@ from jaxcnn.data.embedded import load_mnist5k
 from jaxcnn.data.images import ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.train import loop
-from tests.test_config import ROOT, lenet
+from tests.helpers import ROOT, lenet
 
 
 @pytest.fixture(scope="module")

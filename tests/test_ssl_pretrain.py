@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_config import load_config_module
+from tests.helpers import config_module
 from jaxcnn.config import ConfigError, validate
 from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import label_subset
@@ -19,7 +19,7 @@ from jaxcnn.ssl.trunk import load_trunk
 from jaxcnn.train import init
 from jaxcnn.train.trainer import Trainer
 
-ssl_init = load_config_module("ssl_init")
+ssl_init = config_module("ssl_init")
 
 
 def config(arg, tmp_path, **extra):

@@ -1,6 +1,5 @@
 """The study runner: every variant and seed run (grouped), one report, skips and resumes, bad input."""
 
-import csv
 import json
 import pathlib
 import subprocess
@@ -10,32 +9,11 @@ import pytest
 
 from jaxcnn.config import ConfigError
 from jaxcnn.study import runner
-from tests.test_faults import cli
+from tests.helpers import check_report_matches_run_folders, cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LENET = str(REPO / "configs" / "lenet.py")
 SMALL = "data.max_train=400,data.max_test=200,epochs=2"
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def check_report_matches_run_folders(study_dir, variants, seeds):
-    rows = read_csv(study_dir / "results.csv")
-    assert [(r["variant"], int(r["seed"])) for r in rows] == [(v, s) for v in variants for s in range(seeds)]
-    report = (study_dir / "report.md").read_text()
-    for row in rows:
-        assert row["status"] == "done", row
-        summary = json.loads((study_dir / row["variant"] / f"seed_{row['seed']}" / "summary.json").read_text())
-        for key in ("final_test_accuracy", "best_test_accuracy", "mean_epoch_time_s", "num_params"):
-            assert float(row[key]) == pytest.approx(summary[key], rel=1e-12), key
-        assert summary["seed"] == int(row["seed"]) and summary["variant"] == row["variant"]
-        assert f"| {row['variant']} |" in report
-    for png in ("curves.png", "confusion_matrices.png"):
-        assert (study_dir / png).stat().st_size > 1000
-    return rows
 
 
 @pytest.fixture(scope="module")

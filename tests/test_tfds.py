@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from tests.test_faults import ENV, REPO, cli, one_error_line
-from tests.test_study import check_report_matches_run_folders
+from tests.helpers import ENV, ROOT as REPO, check_report_matches_run_folders, cli, one_error_line
 
 CHECKS = ["check_mnist_prepared_by_the_real_builder", "check_prepared_once_then_read_without_download",
           "check_classes_and_limits", "check_cifar100_prepared_by_the_real_builder", "check_bad_names_and_splits",

@@ -12,7 +12,7 @@ from jaxcnn.errors import WorkdirError
 from jaxcnn.report.metrics import confusion_matrix, per_class_report
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
-from tests.test_config import lenet
+from tests.helpers import lenet
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_a_config_json_of_an_earlier_version_is_read_by_what_it_set(tmp_path):
     with pytest.raises(WorkdirError, match=r"another config \(optim.learning_rate: 0.01 -> 0.001, per config.json"):
         loop.check_workdir(tmp_path, config)
     config.data.max_test = 100  # a new key at another value than the stored run used
-    with pytest.raises(WorkdirError, match=r"data.max_test: None -> 100"):
+    with pytest.raises(WorkdirError, match=r"data.max_test: 0 -> 100"):
         loop.check_workdir(tmp_path, config)
 
 

@@ -14,9 +14,9 @@ from jaxcnn.data import load_dataset
 from jaxcnn.models import build_model, model_config
 from jaxcnn.train import loop, transfer
 from jaxcnn.train.trainer import Trainer
-from tests.test_config import load_config_module
+from tests.helpers import config_module
 
-cfgs = load_config_module("transfer")
+cfgs = config_module("transfer")
 SIZE = 64  # reduced input size: fast on CPU
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxcnn import faults
-from jaxcnn.config import default_config, flatten_config, flatten_dict, validate
+from jaxcnn.config import flatten_config, stored_config, validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.data.device import pad_for_eval
 from jaxcnn.errors import Interrupted, TrainingDivergedError, WorkdirError
@@ -35,6 +35,7 @@ from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")
+_MISSING = object()
 
 
 def _note(message: str) -> None:
@@ -42,15 +43,11 @@ def _note(message: str) -> None:
 
 
 def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-    """The settings in which `config` differs from a stored run's `old` one, as `key: old -> new`.
-
-    A key only the stored config has is not read any more (e.g. another model's keys, stored by
-    earlier versions in every config): no change. A key only `config` has (added to jaxcnn since)
-    is a change unless it holds its default, which is what the stored run used."""
-    old, flat, defaults = flatten_dict(old), flatten_config(config), flatten_config(default_config())
-    missing = object()
-    changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES
-                     and (old[k] if k in old else defaults.get(k, missing)) != flat[k])
+    """The settings in which `config` differs from a stored run's `old` one, as `key: old -> new`,
+    the stored config read as this version reads it (`stored_config`: keys added since at their
+    default, other models' keys dropped); keys no longer read are no change."""
+    old, flat = flatten_config(stored_config(old)), flatten_config(config)
+    changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES and old.get(k, _MISSING) != flat[k])
     return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
 
 

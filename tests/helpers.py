@@ -1,0 +1,72 @@
+"""What several test modules share: the repository's config files, its scripts run as a user runs
+them (a subprocess), and the check that a study's report matches its run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from jaxcnn.config import load_config_module
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The runs started here compute on the backend the test process uses (their results are compared with in-process runs).
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+SMALL = "3,data.max_train=500,data.max_test=200,epochs=3,optim.schedule=cosine"  # a 3-epoch LeNet run
+
+
+def config_module(name: str) -> ModuleType:
+    """configs/NAME.py as a module (its `get_config`, `VARIANTS`, ...)."""
+    return load_config_module(ROOT / "configs" / f"{name}.py")
+
+
+lenet = config_module("lenet")
+
+
+def cli(script: str, *args: str, fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs scripts/SCRIPT as a user would, optionally with a fault point (`jaxcnn.faults`)."""
+    env = dict(ENV, JAXCNN_FAULT=fault) if fault else ENV
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(workdir: pathlib.Path, arg: str = SMALL, **kw) -> subprocess.CompletedProcess:
+    return cli("train.py", "--config", f"configs/lenet.py:{arg}", "--workdir", str(workdir), **kw)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single `error: ...` line of a failed command, which must print no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-4000:]
+    return errors[0]
+
+
+def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_report_matches_run_folders(study_dir: pathlib.Path, variants, seeds: int) -> list[dict[str, str]]:
+    """results.csv lists every variant × seed, done, with the numbers of its summary.json; report.md
+    names each; the figures exist. Returns the rows."""
+    rows = read_csv(study_dir / "results.csv")
+    assert [(r["variant"], int(r["seed"])) for r in rows] == [(v, s) for v in variants for s in range(seeds)]
+    report = (study_dir / "report.md").read_text()
+    for row in rows:
+        assert row["status"] == "done", row
+        summary = json.loads((study_dir / row["variant"] / f"seed_{row['seed']}" / "summary.json").read_text())
+        for key in ("final_test_accuracy", "best_test_accuracy", "mean_epoch_time_s", "num_params"):
+            assert float(row[key]) == pytest.approx(summary[key], rel=1e-12), key
+        assert summary["seed"] == int(row["seed"]) and summary["variant"] == row["variant"]
+        assert f"| {row['variant']} |" in report
+    for png in ("curves.png", "confusion_matrices.png"):
+        assert (study_dir / png).stat().st_size > 1000
+    return rows
