@@ -26,7 +26,8 @@ import numpy as np
 from jaxcnn.config import ConfigError, validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.train.init import model_input_shape
-from jaxcnn.train.trainer import Trainer, resolve_loop
+from jaxcnn.train.steps import resolve_loop
+from jaxcnn.train.trainer import Trainer
 
 LOOPS = ("python", "scan")
 TORCH_METHOD = "pytorch eager"

@@ -44,6 +44,7 @@ from jaxcnn.models.ssl_cnn import leaky_relu
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
 from jaxcnn.ssl.trunk import save_trunk
+from jaxcnn.train.steps import init_metrics, make_epoch_fns, resolve_loop
 
 METHODS = ("random", "autoencoder", "simclr", "kmeans")
 # ssl.* keys each method reads (they, the data, the trunk and the seed name the cached trunk).
@@ -170,9 +171,9 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
     if method == "autoencoder":
         model = Autoencoder(trunk, widths, config.data.channels, rngs=rngs)
 
-        def objective(model, batch_images, key):
+        def objective(model, batch_images, labels, key):  # labels unused
             x = preprocess(batch_images)
-            return jnp.mean((model(x) - x) ** 2)
+            return jnp.mean((model(x) - x) ** 2), jnp.int32(0)
     else:
         try:
             opts = augment.check_options({k: ssl[k] for k in ("crop_scale", "hflip", "jitter", "jitter_prob",
@@ -183,24 +184,21 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         features = trunk(jnp.zeros((1, h, w, config.data.channels))).size
         model = SimCLR(trunk, features, ssl.proj_hidden, ssl.proj_dim, rngs=rngs)
 
-        def objective(model, batch_images, key):
+        def objective(model, batch_images, labels, key):  # labels unused
             x = preprocess(batch_images) * std + mean  # [0, 1] at the model's size and channels
             v1, v2 = augment.simclr_views(key, x, opts)
             z = model((jnp.concatenate([v1, v2]) - mean) / std)  # both views in one BatchNorm batch
-            return nt_xent(z[:len(x)], z[len(x):], ssl.temperature)
+            return nt_xent(z[:len(x)], z[len(x):], ssl.temperature), jnp.int32(0)
 
     model.train()
     optimizer = nnx.Optimizer(model, optax.adam(ssl.learning_rate), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-
-    @jax.jit
-    def step(state, images, perm, i, epoch_key):  # batch and key picked on the device: no per-step host ops
-        model, optimizer = nnx.merge(graphdef, state)
-        loss, grads = nnx.value_and_grad(objective)(model, images[perm[i]], jax.random.fold_in(epoch_key, i))
-        optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
+    # The classifier's step and epoch strategies (`jaxcnn.train.steps`), with this objective.
+    step_fn, epoch_fn = make_epoch_fns(graphdef, objective)
+    loop = resolve_loop(config.train.loop)
 
     images = jax.device_put(images)
+    no_labels = jnp.zeros(n, jnp.int32)
     steps = n // batch
     losses = []
     bar = tqdm(total=ssl.epochs * steps, unit="step", disable=not progress, dynamic_ncols=True)
@@ -209,12 +207,16 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
             bar.set_description(f"pretrain {method} (seed {config.seed}): epoch {epoch}/{ssl.epochs}")
             perm = epoch_permutation(jax.random.fold_in(key, 2), epoch, n, batch)
             epoch_key = jax.random.fold_in(jax.random.fold_in(key, 3), epoch)
-            total = jnp.float32(0)
-            for i in range(steps):
-                state, loss = step(state, images, perm, i, epoch_key)
-                total = total + loss
-                bar.update()
-            losses.append(float(total) / steps)
+            carry, data = (state, init_metrics(), jnp.int32(0)), (images, no_labels, perm, epoch_key)
+            if loop == "scan":
+                carry = epoch_fn(carry, data)
+                bar.update(steps)
+            else:
+                for _ in range(steps):
+                    carry = step_fn(carry, data)
+                    bar.update()
+            state, metrics, _ = carry
+            losses.append(float(metrics[0] / metrics[2]))
             if not np.isfinite(losses[-1]):
                 raise ConfigError(f"pretraining {method}: the loss became {losses[-1]} in epoch {epoch}; "
                                   f"lower ssl.learning_rate (now {ssl.learning_rate})")

@@ -22,18 +22,10 @@ from jaxcnn.models import build_model
 from jaxcnn.train import init, sharding, transfer
 from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
-from jaxcnn.train.steps import init_metrics, make_epoch_fns
+from jaxcnn.train.steps import classification, init_metrics, make_epoch_fns, resolve_loop
 
 # progress(step within the epoch, [loss_sum, correct, count] per member so far, shape (members, 3))
 Progress = Callable[[int, np.ndarray], None]
-
-
-def resolve_loop(loop: str) -> str:
-    """`auto` -> `python` on CPU (there a scanned epoch measured 3× slower, see README), `scan` on
-    GPU/TPU, where it removes per-step dispatch."""
-    if loop != "auto":
-        return loop
-    return "python" if jax.default_backend() == "cpu" else "scan"
 
 
 # Keys in which the members of one group may differ: everything else must be equal.
@@ -113,8 +105,8 @@ class Trainer:
         self.loop = resolve_loop(loop or config.train.loop)
         graphdef, _ = nnx.split((self.models[0], self.optimizers[0]))
         self.constrain = sharding.shard_batch(self.mesh)
-        step_fn, epoch_fn = make_epoch_fns(graphdef, self.preprocess, grouped=self.size > 1, wrt=self.wrt,
-                                           constrain=self.constrain)
+        step_fn, epoch_fn = make_epoch_fns(graphdef, classification(self.preprocess, self.constrain),
+                                           grouped=self.size > 1, wrt=self.wrt)
         # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
         self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
