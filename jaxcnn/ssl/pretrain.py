@@ -39,8 +39,8 @@ from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.models import build_model
-from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
-from jaxcnn.models.ssl_cnn import leaky_relu
+from jaxcnn.models.ssl_heads import Autoencoder, SimCLR
+from jaxcnn.report import pretrain_figures
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
 from jaxcnn.ssl.trunk import save_trunk
@@ -56,49 +56,6 @@ METHOD_KEYS = {
 }
 DATA_KEYS = ("source", "dir", "train_split", "classes", "image_size", "channels", "mean", "std", "max_train")
 PATCH = 3  # the trunk's first conv is 3×3
-
-
-class Decoder(nnx.Module):
-    """The trunk mirrored: per block (deepest first) nearest upsampling to the encoder's size at that
-    depth, conv 3×3, BatchNorm, LeakyReLU(0.1); then a 3×3 conv to the image's channels."""
-
-    def __init__(self, widths, channels: int, *, rngs: nnx.Rngs):
-        ins = tuple(reversed(widths))
-        outs = (*ins[1:], widths[0])
-        self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs) for i, o in zip(ins, outs)])
-        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs) for o in outs])
-        self.out = nnx.Conv(widths[0], channels, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
-
-    def __call__(self, z: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
-        sizes = [image_hw]
-        for _ in range(len(self.convs) - 1):
-            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
-        for conv, bn, (h, w) in zip(self.convs, self.bns, reversed(sizes)):
-            z = jax.image.resize(z, (z.shape[0], h, w, z.shape[-1]), "nearest")
-            z = leaky_relu(bn(conv(z)))
-        return self.out(z)
-
-
-class Autoencoder(nnx.Module):
-    def __init__(self, trunk: nnx.Module, widths, channels: int, *, rngs: nnx.Rngs):
-        self.trunk = trunk
-        self.decoder = Decoder(widths, channels, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.decoder(self.trunk(x), x.shape[1:3])
-
-
-class SimCLR(nnx.Module):
-    """Trunk → flatten → Dense(proj_hidden) → ReLU → Dense(proj_dim): the embedding NT-Xent compares."""
-
-    def __init__(self, trunk: nnx.Module, features: int, hidden: int, dim: int, *, rngs: nnx.Rngs):
-        self.trunk = trunk
-        self.proj1 = nnx.Linear(features, hidden, rngs=rngs)
-        self.proj2 = nnx.Linear(hidden, dim, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        f = self.trunk(x)
-        return self.proj2(nnx.relu(self.proj1(f.reshape(f.shape[0], -1))))
 
 
 def check_method(config: ml_collections.ConfigDict) -> str:
@@ -228,8 +185,8 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         model.eval()
         x = preprocess(images[:8])
         inputs, recon = np.asarray(x * std + mean), np.asarray(model(x) * std + mean)
-        return losses, lambda out: _reconstruction_png(out / "reconstructions.png", inputs, recon)
-    return losses, lambda out: _loss_png(out / "pretrain_loss.png", losses, "NT-Xent")
+        return losses, lambda out: pretrain_figures.reconstruction_png(out / "reconstructions.png", inputs, recon)
+    return losses, lambda out: pretrain_figures.loss_png(out / "pretrain_loss.png", losses, "NT-Xent")
 
 
 def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array):
@@ -254,52 +211,4 @@ def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.C
     kernel, bias = kmeans.filters_from_kmeans(centroids, mean, whitening, PATCH, channels)
     trunk.convs[0].kernel.value = kernel
     trunk.convs[0].bias.value = bias
-    return [], lambda out: _filters_png(out / "filters.png", np.asarray(kernel))
-
-
-def _figure(n_rows: int, n_cols: int, size: float = 1.0):
-    from jaxcnn.report.plots import plt
-
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(n_cols * size, n_rows * size), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    return fig, axes
-
-
-def _show(ax, image: np.ndarray, title: str = "") -> None:
-    image = np.clip(image, 0, 1)
-    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
-
-
-def _reconstruction_png(path: pathlib.Path, inputs: np.ndarray, recon: np.ndarray) -> None:
-    from jaxcnn.report.plots import save_figure
-
-    fig, axes = _figure(2, len(inputs))
-    for j in range(len(inputs)):
-        _show(axes[0, j], inputs[j], "input" if j == 0 else "")
-        _show(axes[1, j], recon[j], "reconstruction" if j == 0 else "")
-    save_figure(fig, path)
-
-
-def _filters_png(path: pathlib.Path, kernel: np.ndarray) -> None:
-    """One panel per filter (HWIO kernel), each scaled to its own min..max."""
-    from jaxcnn.report.plots import save_figure
-
-    k = kernel.shape[-1]
-    cols = min(k, 8)
-    fig, axes = _figure(-(-k // cols), cols, 0.8)
-    for j in range(k):
-        f = kernel[..., j]
-        _show(axes.flat[j], (f - f.min()) / max(float(f.max() - f.min()), 1e-12), str(j))
-    save_figure(fig, path)
-
-
-def _loss_png(path: pathlib.Path, losses: list[float], name: str) -> None:
-    from jaxcnn.report.plots import plt, save_figure, style_epoch_axis
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, marker=".")
-    ax.set(xlabel="epoch", ylabel=name, title=f"pretraining loss ({name})")
-    style_epoch_axis(ax)
-    save_figure(fig, path)
+    return [], lambda out: pretrain_figures.filters_png(out / "filters.png", np.asarray(kernel))
