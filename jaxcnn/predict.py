@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -12,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcnn.config import ConfigError
-from jaxcnn.convert.store import converted_config, is_converted, load_converted
+from jaxcnn.convert.store import is_converted, read_meta, restore_converted
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
 from jaxcnn.models import build_model
@@ -53,36 +54,49 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
     by scripts/convert_weights.py. `dtype` overrides the run's `model.dtype` (same float32 parameters).
 
     Raises:
-      ConfigError: no checkpoints in `workdir`, no checkpoint for `epoch`, or `epoch` < 1.
+      ConfigError: no checkpoints in `workdir`, no checkpoint for `epoch`, `epoch` < 1, or converted
+        weights of an earlier jaxcnn.
       DamagedCheckpoint: the checkpoint does not restore or match its checksum.
     """
     if is_converted(workdir):
-        model, meta = load_converted(workdir)
-        channels, height, width = meta["input_size"]
-        return Restored(model, converted_config(meta), tuple(meta["class_names"]), (height, width, channels), None,
-                        meta["crop_pct"])
+        meta = read_meta(workdir)
+        model, config = _build(meta, dtype)
+        restore_converted(workdir, model, meta)
+    else:
+        checkpoints = Checkpoints(workdir, read_only=True)
+        try:
+            epoch, meta = _run_checkpoint(workdir, checkpoints, epoch)
+            model, config = _build(meta, dtype)
+            checkpoints.restore(epoch, model, meta=meta)
+        finally:
+            checkpoints.close()
+    model.eval()
+    return Restored(model, config, tuple(meta["class_names"]), tuple(meta["input_shape"]), epoch,
+                    meta.get("crop_pct"))
+
+
+def _run_checkpoint(workdir: str | pathlib.Path, checkpoints: Checkpoints,
+                    epoch: int | None) -> tuple[int, dict[str, Any]]:
+    """The epoch (given, or the best one) and record of a run's checkpoint."""
     if epoch is not None and epoch < 1:
         raise ConfigError(f"--epoch={epoch}: epochs are numbered from 1 (leave it out for the best epoch)")
-    checkpoints = Checkpoints(workdir, read_only=True)
-    try:
-        latest = checkpoints.latest_meta()
-        if latest is None:
-            raise ConfigError(f"{workdir}: no checkpoints (expected {checkpoints.directory}/<epoch>); "
-                              "train first with scripts/train.py --workdir")
-        epoch = epoch or latest[1]["best_epoch"]
-        if epoch not in checkpoints.epochs():
-            raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; kept: {checkpoints.epochs()}")
-        meta = checkpoints.meta(epoch)
-        config = ml_collections.ConfigDict(meta["config"])
-        if dtype is not None:
-            config.model.dtype = dtype
-        model = build_model(config.model, meta["num_classes"],
-                            (*config.data.image_size, config.data.channels), config.seed)
-        checkpoints.restore(epoch, model, meta=meta)
-    finally:
-        checkpoints.close()
-    model.eval()
-    return Restored(model, config, tuple(meta["class_names"]), tuple(meta["input_shape"]), epoch, None)
+    latest = checkpoints.latest_meta()
+    if latest is None:
+        raise ConfigError(f"{workdir}: no checkpoints (expected {checkpoints.directory}/<epoch>); "
+                          "train first with scripts/train.py --workdir")
+    epoch = epoch or latest[1]["best_epoch"]
+    if epoch not in checkpoints.epochs():
+        raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; kept: {checkpoints.epochs()}")
+    return epoch, checkpoints.meta(epoch)
+
+
+def _build(meta: dict[str, Any], dtype: str | None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+    """The model a checkpoint's record describes (`config`, `num_classes`), to restore into, and its config."""
+    config = ml_collections.ConfigDict(meta["config"])
+    if dtype is not None:
+        config.model.dtype = dtype
+    return build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
+                       config.seed), config
 
 
 def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:

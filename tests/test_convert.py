@@ -157,17 +157,18 @@ def test_convert_script_writes_a_checkpoint_that_predict_reads(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith(str(image)))
     assert line.count(" 0.") + line.count(" 1.") == 2  # two classes with probabilities
 
-    # damaged on disk: a flipped byte in the weights (Orbax alone loads it silently), a garbage meta.json
-    from jaxcnn.config import ConfigError
+    # damaged on disk: a flipped byte in the weights (Orbax alone loads it silently), a garbage record
+    from jaxcnn.errors import DamagedCheckpoint
 
-    data = max((out / "weights").rglob("d/*"), key=lambda f: f.stat().st_size)
+    data = max((out / "model").rglob("d/*"), key=lambda f: f.stat().st_size)
     flipped = bytearray(data.read_bytes())
     flipped[len(flipped) // 2] ^= 0x01
     data.write_bytes(bytes(flipped))
-    with pytest.raises(ConfigError, match="weights: the arrays on disk do not match the checksum"):
+    with pytest.raises(DamagedCheckpoint, match="r18: the model arrays on disk do not match the checksum.*; convert "
+                                                "the weights again with scripts/convert_weights.py"):
         load_converted(out)
-    (out / "meta.json").write_text('{"architecture": "resn')
-    with pytest.raises(ConfigError, match=r"meta.json is damaged \(not JSON\); convert the weights again"):
+    (out / "meta" / "metadata").write_text('{"architecture": "resn')
+    with pytest.raises(DamagedCheckpoint, match=r"r18: its record does not load \(.*\); convert the weights again"):
         load_converted(out)
 
 

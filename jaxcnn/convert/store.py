@@ -1,59 +1,53 @@
-"""Converted weights on disk: `OUT/weights` (Orbax, parameters and batch statistics) + `OUT/meta.json`.
+"""Converted weights on disk: one Orbax checkpoint `OUT/{model,meta}` (`jaxcnn.train.checkpoint.save_weights`).
 
-meta.json holds what rebuilds and feeds the model: source, architecture, num_classes, input_size
-(C, H, W), mean, std, interpolation, crop_pct, class_names.
+The record holds what rebuilds and feeds the model: source, architecture, num_classes, input_size
+(C, H, W), mean, std, interpolation, crop_pct, class_names, and the checksum of the weights.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxcnn.config import ConfigError, default_config
-from jaxcnn.errors import first_line
-from jaxcnn.files import read_json, write_json
+from jaxcnn.config import default_config
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config
-from jaxcnn.train.checkpoint import checksum
+from jaxcnn.train import checkpoint
+from jaxcnn.train.checkpoint import (earlier_format, is_weights, read_earlier_meta, read_weights_meta,
+                                     refuse_earlier_format, restore_weights, save_weights)
 
-META_JSON = "meta.json"
-WEIGHTS = "weights"
-VARIABLES = nnx.Any(nnx.Param, nnx.BatchStat)
+VARIABLES = checkpoint.VARIABLES  # what converted weights hold: parameters and BatchNorm statistics
+CONVERT_AGAIN = "convert the weights again with scripts/convert_weights.py into a new directory"
 
 
 def is_converted(path: str | pathlib.Path) -> bool:
-    return (pathlib.Path(path) / META_JSON).is_file() and (pathlib.Path(path) / WEIGHTS).is_dir()
+    """Weights converted by scripts/convert_weights.py, by this jaxcnn or an earlier one (`earlier_format`)."""
+    return is_weights(path) or earlier_format(path, "weights")
 
 
 def save_converted(out: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> None:
-    """Writes `out/weights` and then `out/meta.json` (with the weights' checksum); meta.json, written
-    last and atomically, marks complete weights."""
     out = pathlib.Path(out).absolute()
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "checksum": save_variables(out / WEIGHTS, model)}
-    write_json(out / META_JSON, meta)
-
-
-def read_json_meta(path: pathlib.Path, what: str) -> dict[str, Any]:
-    """A meta.json that must be there and readable; a damaged one is a ConfigError saying what to redo."""
-    meta = read_json(path)
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{path} is damaged (not JSON); {what} again into a new directory")
-    return meta
+    save_weights(out, model, meta)
 
 
 def read_meta(path: str | pathlib.Path) -> dict[str, Any]:
-    path = pathlib.Path(path)
-    if not is_converted(path):
-        raise ConfigError(f"{path}: not a converted checkpoint (expected {WEIGHTS}/ and {META_JSON}; "
-                          "make one with scripts/convert_weights.py)")
-    return read_json_meta(path / META_JSON, "convert the weights")
+    """The record of converted weights, with the `config` and stored `input_shape` (H, W, C) that build
+    and feed the model, as a run's record has them. Weights of an earlier jaxcnn give their meta.json
+    (the model they hold is known; `load_converted` refuses them)."""
+    meta = read_earlier_meta(path, "weights", CONVERT_AGAIN)
+    if meta is None:
+        if not is_weights(path):
+            raise ConfigError(f"{path}: not a converted checkpoint (expected the model/ and meta/ of "
+                              "scripts/convert_weights.py; make one with it)")
+        meta = read_weights_meta(path, CONVERT_AGAIN)
+    channels, height, width = meta["input_size"]
+    return {**meta, "config": json.loads(converted_config(meta).to_json()), "input_shape": [height, width, channels]}
 
 
 def converted_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -66,38 +60,20 @@ def converted_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     return config
 
 
-def save_variables(path: str | pathlib.Path, module: nnx.Module) -> str:
-    """`module`'s parameters and BatchNorm statistics (no RNG state) as an Orbax checkpoint at `path`;
-    returns their checksum, for the caller's meta.json and `restore_variables`."""
-    state = nnx.state(module, VARIABLES)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(pathlib.Path(path).absolute(), state)
-    return checksum(state)
-
-
-def restore_variables(path: str | pathlib.Path, module: nnx.Module, expected: str | None = None) -> None:
-    """Loads what `save_variables` wrote into `module` (same structure and shapes), checked against
-    its checksum `expected` when given. Raises ConfigError when the files do not load or match."""
-    path = pathlib.Path(path).absolute()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(module, VARIABLES))
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = checkpointer.restore(path, target)
-    except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files
-        raise ConfigError(f"{path} does not load ({first_line(e)}); the files are damaged or of another "
-                          "model: make them again") from None
-    if expected is not None and checksum(state) != expected:
-        raise ConfigError(f"{path}: the arrays on disk do not match the checksum written with them (the files "
-                          "were changed or damaged); make them again")
-    nnx.update(module, state)
+def restore_converted(path: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> None:
+    """Loads the converted weights at `path` (record `meta`) into `model`, built from `meta['config']`."""
+    refuse_earlier_format(path, "weights", "converted weights",
+                          f"convert them again: scripts/convert_weights.py --source {meta.get('source', '...')} "
+                          "--out NEW_DIR")
+    restore_weights(path, model, meta, CONVERT_AGAIN)
 
 
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
-    """The converted model (eval mode) and its meta."""
+    """The converted model (eval mode) and its record."""
     meta = read_meta(path)
-    config = converted_config(meta)
-    channels, height, width = meta["input_size"]
-    model = build_model(config.model, meta["num_classes"], (height, width, channels), 0)
-    restore_variables(pathlib.Path(path) / WEIGHTS, model, meta.get("checksum"))
+    config = ml_collections.ConfigDict(meta["config"])
+    model = build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
+                        config.seed)
+    restore_converted(path, model, meta)
     model.eval()
     return model, meta

@@ -1,5 +1,6 @@
-"""Pretrained trunks on disk: `DIR/trunk` (Orbax: the conv trunk's parameters and BatchNorm
-statistics, no RNG state) and `DIR/meta.json` (method, architecture, timing, losses).
+"""Pretrained trunks on disk: one Orbax checkpoint `DIR/{model,meta}` (`jaxcnn.train.checkpoint.save_weights`):
+the conv trunk's parameters and BatchNorm statistics (no RNG state) and its record (method, architecture,
+widths, timing, losses). The method's figure lies beside them in DIR.
 
 The supervised run loads a trunk into `SSLCNN.trunk` exactly; its head keeps its fresh initialisation.
 """
@@ -7,23 +8,21 @@ The supervised run loads a trunk into `SSLCNN.trunk` exactly; its head keeps its
 from __future__ import annotations
 
 import pathlib
-import shutil
 from typing import Any
 
 from flax import nnx
 
-from jaxcnn.config import ConfigError
-from jaxcnn.convert.store import read_json_meta, restore_variables, save_variables
-from jaxcnn.files import write_json
+from jaxcnn.errors import ConfigError
+from jaxcnn.train.checkpoint import (earlier_format, is_weights, read_earlier_meta, read_weights_meta,
+                                     refuse_earlier_format, restore_weights, save_weights)
 
-META_JSON = "meta.json"
-TRUNK = "trunk"
 ARCHITECTURE = "ssl_cnn"
+PRETRAIN_AGAIN = "pretrain the trunk again (scripts/pretrain.py) into a new directory"
 
 
 def is_trunk(path: str | pathlib.Path) -> bool:
-    path = pathlib.Path(path)
-    return (path / META_JSON).is_file() and (path / TRUNK).is_dir()
+    """A pretrained trunk, of this jaxcnn or an earlier one (which `load_trunk` refuses in one line)."""
+    return is_weights(path) or earlier_format(path, "trunk")
 
 
 def trunk_signature(trunk: nnx.Module) -> dict[str, Any]:
@@ -33,33 +32,31 @@ def trunk_signature(trunk: nnx.Module) -> dict[str, Any]:
 
 
 def save_trunk(out: str | pathlib.Path, trunk: nnx.Module, meta: dict[str, Any]) -> None:
-    """Writes the trunk and meta.json (plus the signature) to `out`, atomically: into a temporary
-    sibling first, renamed when complete, so an interrupted save never looks like a trunk."""
+    """Writes the trunk and its record (plus the signature) to `out`; Orbax writes them into a temporary
+    sibling and renames it when complete, so an interrupted save never looks like a trunk."""
     out = pathlib.Path(out).absolute()
     if out.exists():
         raise ConfigError(f"{out} exists; choose a new directory for the trunk")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"architecture": ARCHITECTURE, **trunk_signature(trunk), **meta,
-            "checksum": save_variables(tmp / TRUNK, trunk)}
-    write_json(tmp / META_JSON, meta)
-    tmp.rename(out)
+    save_weights(out, trunk, {"architecture": ARCHITECTURE, **trunk_signature(trunk), **meta})
 
 
 def read_trunk_meta(path: str | pathlib.Path) -> dict[str, Any]:
-    path = pathlib.Path(path)
-    if not is_trunk(path):
-        raise ConfigError(f"ssl.trunk={str(path)!r} is not a pretrained trunk (expected {TRUNK}/ and {META_JSON}; "
-                          "make one with scripts/pretrain.py)")
-    return read_json_meta(path / META_JSON, "pretrain the trunk (scripts/pretrain.py)")
+    meta = read_earlier_meta(path, "trunk", PRETRAIN_AGAIN)
+    if meta is not None:
+        return meta
+    if not is_weights(path):
+        raise ConfigError(f"ssl.trunk={str(path)!r} is not a pretrained trunk (expected the model/ and meta/ of "
+                          "scripts/pretrain.py; make one with it)")
+    return read_weights_meta(path, PRETRAIN_AGAIN)
 
 
 def load_trunk(model: nnx.Module, path: str | pathlib.Path) -> dict[str, Any]:
     """Loads the trunk at `path` into `model.trunk` (an `SSLCNN`); returns its meta.
 
     Raises:
-      ConfigError: not a trunk directory, or one of another architecture, widths or channel count.
+      ConfigError: not a trunk directory, or one of another architecture, widths or channel count, or of
+        an earlier jaxcnn.
+      DamagedCheckpoint: the files do not load or match their checksum.
     """
     meta = read_trunk_meta(path)
     if meta.get("architecture") != ARCHITECTURE or not hasattr(model, "trunk"):
@@ -70,5 +67,6 @@ def load_trunk(model: nnx.Module, path: str | pathlib.Path) -> dict[str, Any]:
         if meta[key] != want[key]:
             raise ConfigError(f"ssl.trunk={str(path)!r} was pretrained with {key}={meta[key]}, but this run has "
                               f"{label}={want[key]}; pretrain a trunk for this model or change {label}")
-    restore_variables(pathlib.Path(path) / TRUNK, model.trunk, meta.get("checksum"))
+    refuse_earlier_format(path, "trunk", "a pretrained trunk", f"delete it to pretrain it again, or {PRETRAIN_AGAIN}")
+    restore_weights(path, model.trunk, meta, PRETRAIN_AGAIN)
     return meta
