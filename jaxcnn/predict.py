@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import ConfigError
+from jaxcnn.config import ConfigError, stored_config
 from jaxcnn.convert.store import is_converted, read_meta, restore_converted
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
@@ -92,7 +92,7 @@ def _run_checkpoint(workdir: str | pathlib.Path, checkpoints: Checkpoints,
 
 def _build(meta: dict[str, Any], dtype: str | None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """The model a checkpoint's record describes (`config`, `num_classes`), to restore into, and its config."""
-    config = ml_collections.ConfigDict(meta["config"])
+    config = stored_config(meta["config"])  # a run of an earlier version: read with today's keys
     if dtype is not None:
         config.model.dtype = dtype
     return build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),

@@ -40,6 +40,30 @@ def test_predict_matches_test_accuracy_on_written_png_files(trained, tmp_path):
     assert accuracy == pytest.approx(summary["best_test_accuracy"], abs=1e-9)
 
 
+
+def test_a_run_of_an_earlier_version_predicts_and_resumes(trained, tmp_path):
+    """Checkpoints written before the augmentation keys were declared and before each model had its own
+    keys (their records lack data.eval_crop_pct etc. and hold other models' keys) still predict and resume."""
+    import json
+    import shutil
+
+    workdir = tmp_path / "old"
+    shutil.copytree(trained[0], workdir)
+    new_keys = ("eval_crop_pct", "random_resized_crop", "rrc_scale", "rrc_ratio", "hflip", "rotation")
+    for record in [*workdir.glob("checkpoints/*/meta/metadata"), workdir / "config.json"]:
+        meta = json.loads(record.read_text())
+        config = meta.get("config", meta)
+        for key in new_keys:
+            del config["data"][key]
+        config["model"].update(hidden=32, first_stride=1)  # what earlier versions stored in every config
+        record.write_text(json.dumps(meta))
+    predictor = load_predictor(workdir)
+    image = load_mnist5k().test_images[:8]
+    np.testing.assert_allclose(predictor.probabilities(image), load_predictor(trained[0]).probabilities(image),
+                               rtol=1e-6, atol=1e-7)
+    summary = loop.train_and_evaluate(lenet.get_config("3,epochs=7,data.max_test=500"), workdir, progress=False)
+    assert summary["epochs"] == 7
+
 def test_predict_reads_any_size_and_mode_and_inverts_on_request(trained, tmp_path):
     workdir, _ = trained
     predictor = load_predictor(workdir)

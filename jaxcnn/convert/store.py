@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from jaxcnn.config import default_config
+from jaxcnn.config import default_config, stored_config
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config
 from jaxcnn.train import checkpoint
@@ -71,7 +71,7 @@ def restore_converted(path: str | pathlib.Path, model: nnx.Module, meta: dict[st
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
     """The converted model (eval mode) and its record."""
     meta = read_meta(path)
-    config = ml_collections.ConfigDict(meta["config"])
+    config = stored_config(meta["config"])
     model = build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
                         config.seed)
     restore_converted(path, model, meta)
