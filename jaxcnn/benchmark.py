@@ -23,8 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcnn.config import ConfigError, validate
+from jaxcnn.config import validate
 from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.errors import ConfigError
 from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.steps import resolve_loop
 from jaxcnn.train.trainer import Trainer

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from jaxcnn.config import ConfigError, load_config_module
-from jaxcnn.errors import Interrupted, UserError
+from jaxcnn.config import load_config_module
+from jaxcnn.errors import ConfigError, Interrupted, UserError
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 

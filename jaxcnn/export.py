@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 from jaxcnn.predict import restore_model
 
 FORMATS = ("onnx",)

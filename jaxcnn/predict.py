@@ -12,10 +12,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import ConfigError, stored_config
+from jaxcnn.config import stored_config
 from jaxcnn.convert.store import is_converted, read_meta, restore_converted
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_predict_fn

@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from jaxcnn.benchmark import LOOPS, format_scaling, format_table, run_benchmark, run_scaling
 from jaxcnn.cli import run
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
 

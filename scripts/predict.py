@@ -12,7 +12,7 @@ import numpy as np
 from absl import flags
 
 from jaxcnn.cli import run
-from jaxcnn.data.images import ImageError
+from jaxcnn.errors import ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.report.plots import prediction_grid
 

@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
+from jaxcnn.errors import ConfigError
 from jaxcnn.train.loop import train_and_evaluate
 from jaxcnn.train.trainer import Trainer
 from tests.helpers import config_module

@@ -2,7 +2,8 @@
 
 import pytest
 
-from jaxcnn.config import ConfigError, build_config, default_config, split_arg, validate
+from jaxcnn.config import build_config, default_config, split_arg, validate
+from jaxcnn.errors import ConfigError
 from tests.helpers import lenet
 
 STUDY_TABLE = {  # the study's table: optimizer / activation / learning rate

@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
-from jaxcnn.convert import ConversionError, load_torch_state  # noqa: E402
+from jaxcnn.convert import load_torch_state  # noqa: E402
 from jaxcnn.convert.convert import convert, flax_model, torch_logits  # noqa: E402
 from jaxcnn.convert.sources import load_source  # noqa: E402
 from jaxcnn.convert.store import converted_config, load_converted  # noqa: E402
+from jaxcnn.errors import ConversionError
 from jaxcnn.models import build_model  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -173,7 +174,7 @@ def test_convert_script_writes_a_checkpoint_that_predict_reads(tmp_path):
 
 
 def test_convert_refuses_bad_sources_and_checkpoints(tmp_path):
-    from jaxcnn.config import ConfigError
+    from jaxcnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="timm has no AlexNet"):
         load_source("timm:alexnet", pretrained=False)

@@ -14,10 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from jaxcnn.config import ConfigError, default_config
+from jaxcnn.config import default_config
 from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import select_classes, truncate
 from jaxcnn.data.embedded import load_mnist5k
+from jaxcnn.errors import ConfigError
 from tests.data_helpers import data_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

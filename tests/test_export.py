@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data.embedded import load_mnist5k
+from jaxcnn.errors import ConfigError
 from jaxcnn.export import export, load_model, to_onnx
 from jaxcnn.models import build_model, model_config
 from jaxcnn.predict import load_predictor

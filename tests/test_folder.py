@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.data.folder import load_folder
-from jaxcnn.data.images import ImageError
+from jaxcnn.errors import ConfigError, ImageError
 from tests.data_helpers import data_config, save
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
+from jaxcnn.errors import ConfigError
 from jaxcnn.train import loop
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.trainer import Trainer, group_key

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.data.images import ImageError, convert, load_image
+from jaxcnn.data.images import convert, load_image
+from jaxcnn.errors import ImageError
 from tests.data_helpers import LUMA, save
 
 

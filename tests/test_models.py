@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError, default_config
+from jaxcnn.config import default_config
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, count_params
 from jaxcnn.models.layers import pool
 from jaxcnn.models.lenet import LeNet5

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError, default_config, validate
+from jaxcnn.config import default_config, validate
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, count_params
 from jaxcnn.models.pooling import PoolingCNN
 from tests.helpers import config_module

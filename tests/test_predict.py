@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data.embedded import load_mnist5k
-from jaxcnn.data.images import ImageError
+from jaxcnn.errors import ConfigError, ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.train import loop
 from tests.helpers import ROOT, lenet

@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 from jaxcnn.train import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, count_params, model_config
 
 

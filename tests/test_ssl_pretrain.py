@@ -9,9 +9,10 @@ import pytest
 from flax import nnx
 
 from tests.helpers import config_module
-from jaxcnn.config import ConfigError, validate
+from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import label_subset
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain
 from jaxcnn.convert.store import VARIABLES

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 from jaxcnn.study import runner
 from tests.helpers import check_report_matches_run_folders, cli
 

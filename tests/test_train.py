@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcnn.config import ConfigError
-from jaxcnn.errors import WorkdirError
+from jaxcnn.errors import ConfigError, WorkdirError
 from jaxcnn.report.metrics import confusion_matrix, per_class_report
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints

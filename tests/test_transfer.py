@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.convert.store import VARIABLES, save_converted
 from jaxcnn.data import load_dataset
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config
 from jaxcnn.train import loop, transfer
 from jaxcnn.train.trainer import Trainer

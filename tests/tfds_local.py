@@ -74,9 +74,10 @@ def main(data_dir: str, results_path: str) -> None:
     import tensorflow_datasets as tfds
 
     import jaxcnn.data.tfds
-    from jaxcnn.config import ConfigError, default_config
+    from jaxcnn.config import default_config
     from jaxcnn.data import load_dataset
     from jaxcnn.data.embedded import load_mnist5k
+    from jaxcnn.errors import ConfigError
     from jaxcnn.data.tfds import load_tfds
 
     mnist = load_mnist5k()

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxcnn.convert import ConversionError, load_torch_state, torch_key
+from jaxcnn.convert import load_torch_state, torch_key
 from jaxcnn.convert.sources import Source, load_source
 from jaxcnn.convert.store import converted_config, save_converted
+from jaxcnn.errors import ConversionError
 from jaxcnn.models import build_model, model_module
 
 PARITY_TOLERANCE = 1e-4

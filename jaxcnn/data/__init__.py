@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data.dataset import Dataset, label_subset, select_classes, truncate
+from jaxcnn.errors import ConfigError
 
 SOURCES = ("embedded", "tfds:NAME", "NAME (a TFDS dataset)", "folder:PATH")
 

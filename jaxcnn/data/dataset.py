@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcnn.config import ConfigError, check_label_fraction
+from jaxcnn.config import check_label_fraction
+from jaxcnn.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,9 +7,9 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data.dataset import Dataset
 from jaxcnn.data.images import load_image
+from jaxcnn.errors import ConfigError
 
 TEST_DIRS = ("val", "test")
 

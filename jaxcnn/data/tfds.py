@@ -12,10 +12,9 @@ import shutil
 
 import numpy as np
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data.dataset import Dataset
 from jaxcnn.download import check_reachable, download_failed
-from jaxcnn.errors import first_line
+from jaxcnn.errors import ConfigError, first_line
 
 OFFLINE_ADVICE = ("use data=embedded, or set data.dir to a folder where the dataset is already prepared "
                   "(`tfds build NAME --data_dir DIR` on a machine with a network)")

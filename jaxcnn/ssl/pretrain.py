@@ -35,9 +35,9 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxcnn.config import ConfigError
 from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model
 from jaxcnn.models.ssl_heads import Autoencoder, SimCLR
 from jaxcnn.report import pretrain_figures

@@ -22,15 +22,15 @@ from types import ModuleType
 import jax
 import ml_collections
 
-from jaxcnn.config import ConfigError, load_config_module, validate
+from jaxcnn.config import load_config_module, validate
 from jaxcnn.data import Dataset, load_dataset
-from jaxcnn.errors import WorkdirError
+from jaxcnn.errors import ConfigError, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_atomic, write_json
 from jaxcnn.study.report import write_report
 from jaxcnn.study.runs import RunRecord
 from jaxcnn.train import init
 from jaxcnn.train.checkpoint import Checkpoints
-from jaxcnn.train.loop import TrainingDivergedError, train_group
+from jaxcnn.train.loop import train_group
 from jaxcnn.train.trainer import check_trainable, group_key
 
 GROUP_CHOICES = ("auto", "yes", "no")

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcnn.config import ConfigError
+from jaxcnn.errors import ConfigError
 
 AXIS = "data"
 

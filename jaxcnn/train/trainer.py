@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import ConfigError, flatten_config
+from jaxcnn.config import flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model
 from jaxcnn.train import init, sharding, transfer
 from jaxcnn.train.init import model_input_shape

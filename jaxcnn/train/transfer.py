@@ -13,8 +13,8 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from jaxcnn.config import ConfigError
 from jaxcnn.convert.store import VARIABLES, load_converted, read_meta
+from jaxcnn.errors import ConfigError
 from jaxcnn.models import MODELS, model_module
 
 MODES = ("finetune", "frozen", "scratch")
