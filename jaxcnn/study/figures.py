@@ -9,13 +9,13 @@ import pathlib
 import numpy as np
 
 from jaxcnn.report.plots import draw_confusion_matrix, plt, save_figure, style_epoch_axis
-from jaxcnn.study.runs import Run
+from jaxcnn.study.runs import FinishedRun
 
 CURVE_PANELS = (("test_accuracy", "test accuracy"), ("test_loss", "test loss (cross-entropy)"),
                 ("train_accuracy", "train accuracy"), ("train_loss", "train loss (cross-entropy)"))
 
 
-def plot_curves(path: pathlib.Path, title: str, by_variant: dict[str, list[Run]]) -> bool:
+def plot_curves(path: pathlib.Path, title: str, by_variant: dict[str, list[FinishedRun]]) -> bool:
     """Mean over seeds per epoch with a ±1 sample-std band, all variants overlaid; False if no history."""
     shown = [v for v, done in by_variant.items() if any(f.history for f in done)]
     if not shown:
@@ -40,7 +40,7 @@ def plot_curves(path: pathlib.Path, title: str, by_variant: dict[str, list[Run]]
     return True
 
 
-def plot_confusion_matrices(path: pathlib.Path, title: str, by_variant: dict[str, list[Run]]) -> bool:
+def plot_confusion_matrices(path: pathlib.Path, title: str, by_variant: dict[str, list[FinishedRun]]) -> bool:
     """One panel per variant: counts summed over seeds, row-normalised; False if no matrix."""
     panels = [(v, m) for v, done in by_variant.items() if (m := _summed_confusion(v, done)) is not None]
     if not panels:
@@ -67,7 +67,7 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _summed_confusion(v: str, done: list[Run]) -> tuple[np.ndarray, list[str]] | None:
+def _summed_confusion(v: str, done: list[FinishedRun]) -> tuple[np.ndarray, list[str]] | None:
     runs = [f for f in done if f.confusion is not None]
     if not runs:
         return None

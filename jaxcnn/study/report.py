@@ -14,7 +14,7 @@ import pathlib
 from jaxcnn.files import atomic_path, write_atomic
 from jaxcnn.study import figures, stats
 from jaxcnn.study.report_md import markdown
-from jaxcnn.study.runs import STATUSES, Run, RunRecord, load
+from jaxcnn.study.runs import STATUSES, FinishedRun, RunRecord, load
 
 RESULT_COLUMNS = ("variant", "seed", "status", *stats.STAT_KEYS, "num_params", "group_size", "backend", "workdir",
                   "message")
@@ -53,7 +53,7 @@ def write_report(study_dir: str | pathlib.Path, title: str, runs: list[RunRecord
 
 
 def _write_results_csv(path: pathlib.Path, study_dir: pathlib.Path, runs: list[RunRecord],
-                       finished: dict[int, Run]) -> None:
+                       finished: dict[int, FinishedRun]) -> None:
     """One row per run; numbers exactly as in summary.json (str of a float is its repr: no rounding)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, percent, statistic, table
-from jaxcnn.study.runs import STATUSES, Run, RunRecord, epochs_completed
+from jaxcnn.study.runs import STATUSES, FinishedRun, RunRecord, epochs_completed
 from jaxcnn.study.stats import PROJECTED_EPOCHS, SPREAD_T, unique
 
 VERDICT_TEXT = {"exceeds": "exceeds the seed spread", "within": "within the seed spread",
                 "unknown": "spread unknown (fewer than 2 seeds)"}
 
 
-def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[str, list[Run]],
+def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[str, list[FinishedRun]],
              result: dict, curves: bool, matrices: bool) -> str:
     """report.md from the runs, their aggregates (`jaxcnn.study.stats.aggregate`) and which figures exist."""
     stats = result["variants"]
@@ -146,7 +146,7 @@ def _ranking_section(result: dict, stats: dict[str, dict]) -> list[str]:
     return lines + [f"**Verdict.** {result['verdict']}", ""]
 
 
-def _per_class_section(by_variant: dict[str, list[Run]]) -> list[str]:
+def _per_class_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
     lines = ["## Per class", "", "Test set, final model; precision, recall and F1 are means over the "
              "variant's finished seeds (from each run's per_class.csv), support is per run.", ""]
     for v, done in by_variant.items():

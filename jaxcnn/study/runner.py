@@ -39,7 +39,9 @@ DIVERGED = "diverged.txt"  # in a run folder: the message of the divergence that
 
 
 @dataclass
-class Run:
+class PlannedRun:
+    """One run of a study as planned: variant, seed, its config and folder."""
+
     variant: str
     seed: int
     config: ml_collections.ConfigDict
@@ -61,7 +63,7 @@ def study_variants(module: ModuleType, path: str | pathlib.Path, names: Sequence
 
 
 def plan_study(module: ModuleType, config_path: str, workdir: str | pathlib.Path, seeds: int,
-               variants: Sequence[str] | None = None, overrides: str = "") -> list[Run]:
+               variants: Sequence[str] | None = None, overrides: str = "") -> list[PlannedRun]:
     """The runs of a study: each variant × seeds 0..seeds-1, config `VARIANT,seed=N[,overrides]`."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r}: a study needs at least 1 seed")
@@ -71,7 +73,7 @@ def plan_study(module: ModuleType, config_path: str, workdir: str | pathlib.Path
     for name in names:
         for seed in range(seeds):
             arg = ",".join(p for p in (name, f"seed={seed}", overrides) if p)
-            runs.append(Run(name, seed, module.get_config(arg), workdir / name / f"seed_{seed}"))
+            runs.append(PlannedRun(name, seed, module.get_config(arg), workdir / name / f"seed_{seed}"))
     return runs
 
 
@@ -94,7 +96,7 @@ def _check_claim(workdir: pathlib.Path, config_path: str, overrides: str) -> dic
     return study
 
 
-def run_state(run: Run) -> tuple[str, int]:
+def run_state(run: PlannedRun) -> tuple[str, int]:
     """("done" | "diverged" | "pending", finished epochs)."""
     if (run.workdir / DIVERGED).exists():
         return "diverged", 0
@@ -110,9 +112,9 @@ def run_state(run: Run) -> tuple[str, int]:
         checkpoints.close()
 
 
-def group_runs(runs: Sequence[Run], max_group: int = 0) -> list[list[Run]]:
+def group_runs(runs: Sequence[PlannedRun], max_group: int = 0) -> list[list[PlannedRun]]:
     """Pending runs in groups that can train as one program: same `group_key`, same finished epochs."""
-    groups: dict[tuple[str, int], list[Run]] = {}
+    groups: dict[tuple[str, int], list[PlannedRun]] = {}
     for run in runs:
         groups.setdefault((group_key(run.config), run_state(run)[1]), []).append(run)
     out = []
@@ -122,11 +124,11 @@ def group_runs(runs: Sequence[Run], max_group: int = 0) -> list[list[Run]]:
     return out
 
 
-def _data_key(run: Run) -> str:
+def _data_key(run: PlannedRun) -> str:
     return run.config.data.to_json()
 
 
-def _check_runs(runs: Sequence[Run]) -> dict[str, Dataset]:
+def _check_runs(runs: Sequence[PlannedRun]) -> dict[str, Dataset]:
     """Validates every run's config, loads each dataset once and checks that each run can train on
     it (`check_trainable`); returns the datasets by `_data_key`. Raises ConfigError naming the run."""
     datasets: dict[str, Dataset] = {}

@@ -1,4 +1,4 @@
-"""A study's runs: how each ended (`RunRecord`) and, for a finished one, what its folder holds (`Run`).
+"""A study's runs: how each ended (`RunRecord`) and, for a finished one, what its folder holds (`FinishedRun`).
 
 Each run is one (variant, seed) trained by `jaxcnn.train.loop.train_and_evaluate` into its own folder
 (see `jaxcnn.report.run` for what that folder holds).
@@ -29,7 +29,7 @@ class RunRecord:
 
 
 @dataclasses.dataclass
-class Run:
+class FinishedRun:
     """A finished run's files."""
     record: RunRecord
     summary: dict[str, Any]
@@ -42,7 +42,7 @@ class Run:
         return self.summary.get("group_size", 1) if key == "group_size" else self.summary.get(key)
 
 
-def load(record: RunRecord) -> Run:
+def load(record: RunRecord) -> FinishedRun:
     """The files of a run marked done; ValueError if its summary.json is missing or unreadable."""
     workdir = pathlib.Path(record.workdir)
     where = f"run {record.variant!r} seed {record.seed} ({workdir})"
@@ -54,7 +54,7 @@ def load(record: RunRecord) -> Run:
         raise ValueError(f"{where}: unreadable {SUMMARY_JSON}: {e}") from None
     per_class = read_per_class(workdir) if (workdir / PER_CLASS_CSV).is_file() else None
     confusion = read_confusion_matrix(workdir) if (workdir / CONFUSION_CSV).is_file() else None
-    return Run(record, summary, read_history(workdir), per_class, confusion)
+    return FinishedRun(record, summary, read_history(workdir), per_class, confusion)
 
 
 def epochs_completed(record: RunRecord) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.report.markdown import percent, statistic
-from jaxcnn.study.runs import Run, RunRecord
+from jaxcnn.study.runs import FinishedRun, RunRecord
 
 SPREAD_T = 2.0  # |Welch t| above this: the difference "exceeds the seed spread"
 PROJECTED_EPOCHS = 100
@@ -21,7 +21,7 @@ STAT_KEYS = ("final_test_accuracy", "best_test_accuracy", "best_epoch", "epochs"
              "pretrain_time_s")
 
 
-def aggregate(runs: list[RunRecord], by_variant: dict[str, list[Run]],
+def aggregate(runs: list[RunRecord], by_variant: dict[str, list[FinishedRun]],
               baselines: dict[str, str] | None = None) -> dict[str, Any]:
     """The per-variant aggregates, ranking, comparisons and verdict (see `jaxcnn.study.report.write_report`)
     of the variants of `by_variant` (its finished runs), in its order."""
@@ -67,7 +67,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, (float(np.std(values, ddof=1)) if len(values) >= 2 else None)
 
 
-def _variant_stats(done: list[Run], records: list[RunRecord]) -> dict[str, Any]:
+def _variant_stats(done: list[FinishedRun], records: list[RunRecord]) -> dict[str, Any]:
     stats: dict[str, Any] = {"n": len(done), "seeds": [f.record.seed for f in done],
                              "excluded": [r.seed for r in records if r.status != "done"]}
     for key in STAT_KEYS:
@@ -82,7 +82,7 @@ def _variant_stats(done: list[Run], records: list[RunRecord]) -> dict[str, Any]:
     return stats
 
 
-def _compare(a: str, b: str, by_variant: dict[str, list[Run]]) -> dict[str, Any]:
+def _compare(a: str, b: str, by_variant: dict[str, list[FinishedRun]]) -> dict[str, Any]:
     xa = [f.summary["final_test_accuracy"] for f in by_variant[a]]
     xb = [f.summary["final_test_accuracy"] for f in by_variant[b]]
     welch = welch_t(xa, xb)
@@ -91,7 +91,7 @@ def _compare(a: str, b: str, by_variant: dict[str, list[Run]]) -> dict[str, Any]
     return {"a": a, "b": b, "difference": float(np.mean(xa) - np.mean(xb)), "t": t, "df": df, "verdict": verdict}
 
 
-def _comparisons(ranking: list[str], by_variant: dict[str, list[Run]]) -> list[dict[str, Any]]:
+def _comparisons(ranking: list[str], by_variant: dict[str, list[FinishedRun]]) -> list[dict[str, Any]]:
     """Each adjacent pair in the ranking ("adjacent"), then the best against each other one ("best")."""
     adjacent = [{**_compare(a, b, by_variant), "kind": "adjacent"} for a, b in zip(ranking, ranking[1:])]
     best = [{**_compare(ranking[0], b, by_variant), "kind": "best"} for b in ranking[1:]]
