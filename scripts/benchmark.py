@@ -18,6 +18,7 @@ Data-parallel scaling (same global batch over 1, 2, 4, 8 devices; on a CPU simul
         --config configs/lenet.py:3,batch_size=128 --devices 1,2,4,8
 """
 
+import importlib.util
 import json
 import pathlib
 
@@ -25,6 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcnn.benchmark import LOOPS, format_scaling, format_table, run_benchmark, run_scaling
+import torch_reference  # scripts/torch_reference.py: the PyTorch loop, outside the package
 from jaxcnn.cli import run
 from jaxcnn.errors import ConfigError
 
@@ -52,7 +54,12 @@ def main(argv):
         if f.json:
             pathlib.Path(f.json).write_text(json.dumps(rows, indent=2) + "\n")
         return
-    report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, f.torch)
+    reference, skipped = None, "not requested"
+    if f.torch and importlib.util.find_spec("torch") is None:
+        skipped = torch_reference.TORCH_MISSING
+    elif f.torch:
+        reference = torch_reference
+    report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, reference, skipped)
     print(format_table(report))
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -1,24 +1,20 @@
 """The benchmark on a few hundred embedded MNIST digits: sane figures, and both sides really train."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
-from jaxcnn.benchmark import LOOPS, TORCH_METHOD, benchmark_torch, format_table, run_benchmark, training_set
+from jaxcnn.benchmark import LOOPS, format_table, run_benchmark, training_set
+from scripts.torch_reference import TORCH_METHOD, benchmark_torch
+from tests.helpers import config_module, lenet
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py"
 EPOCHS = 2
 
 
 def tiny_config(max_train: int = 300):
     """configs/lenet.py:3 (Adam, ReLU, batch 100) on the first `max_train` training digits."""
-    spec = importlib.util.spec_from_file_location("lenet_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(f"3,data.max_train={max_train},data.max_test=100")
+    return lenet.get_config(f"3,data.max_train={max_train},data.max_test=100")
 
 
 def check_result(result, images_per_epoch):
@@ -30,7 +26,7 @@ def check_result(result, images_per_epoch):
 
 
 def test_jax_epoch_strategies():
-    report = run_benchmark(tiny_config(), epochs=EPOCHS, repeat=2, with_torch=False)
+    report = run_benchmark(tiny_config(), epochs=EPOCHS, repeat=2)
     assert [r.method for r in report.results] == list(LOOPS)
     for r in report.results:
         check_result(r, 600)
@@ -57,10 +53,7 @@ def test_torch_reference():
 
 def test_torch_reference_for_the_224px_models_resizes_like_jaxcnn():
     pytest.importorskip("torchvision")
-    spec = importlib.util.spec_from_file_location("transfer_config", CONFIG_FILE.parent / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("resnet18_scratch,data=embedded,data.max_train=16,data.max_test=8,batch_size=8,"
+    config = config_module("transfer").get_config("resnet18_scratch,data=embedded,data.max_train=16,data.max_test=8,batch_size=8,"
                                "data.image_size=[32,32],data.random_resized_crop=False,data.hflip=False")
     dataset = training_set(config)
     result = benchmark_torch(config, dataset.train_images, dataset.train_labels, 1, dataset.num_classes)
