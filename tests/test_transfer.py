@@ -152,3 +152,20 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     assert 0 < float(np.abs(np.asarray(logits) - np.asarray(ref)).max()) < 0.1 * float(np.abs(ref).max()) + 0.05
     with pytest.raises(ConfigError, match="model.dtype='float16' is not valid; valid values: float32, bfloat16"):
         build_model(small("resnet18_scratch,model.dtype=float16").model, 10, (32, 32, 3), 0)
+
+
+@pytest.mark.parametrize("name, mode, frozen_modules", [
+    ("resnet18", "frozen", 20),  # every BatchNorm of the backbone: running statistics
+    ("alexnet", "frozen", 0),  # no BatchNorm; the classifier's dropout (no parameters) keeps training mode
+    ("resnet18", "finetune", 0),
+])
+def test_the_training_step_runs_a_frozen_backbone_as_in_evaluation(name, mode, frozen_modules):
+    config = cfgs.get_config(f"{name}_frozen,transfer.mode={mode},transfer.init=x")  # init: not read here
+    model = nnx.eval_shape(lambda: build_model(model_config(name), 10, (64, 64, 3), 0))
+    model.train()
+    view = transfer.train_view(model, transfer.trainable(config))
+    evaluating = [p for p, m in nnx.iter_modules(view)
+                  if getattr(m, "use_running_average", False) or getattr(m, "deterministic", False)]
+    assert len(evaluating) == frozen_modules
+    assert all(p[0] != "fc" for p in evaluating)
+    assert not any(getattr(m, "use_running_average", False) for _, m in nnx.iter_modules(model))  # model as it was

@@ -48,23 +48,20 @@ class BasicBlock(nnx.Module):
         else:
             self.downsample = None
 
-    def __call__(self, x: jax.Array, frozen: bool = False) -> jax.Array:
-        """`frozen`: BatchNorm uses (and keeps) its running statistics even in training mode."""
-        running = True if frozen else None
-        y = nnx.relu(self.bn1(self.conv1(x), running))
-        y = self.bn2(self.conv2(y), running)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
         if self.downsample is not None:
             conv, bn = self.downsample
-            x = bn(conv(x), running)
+            x = bn(conv(x))
         return nnx.relu(x + y)
 
 
 class ResNet(nnx.Module):
     """ResNet-18 (`depth=18`) or ResNet-34 for NHWC inputs of any size ≥ 32 px and any class count.
 
-    `dtype=jnp.bfloat16` computes in bf16 with float32 parameters. `frozen_backbone=True` (a fixed
-    feature extractor, only `fc` trained) makes every BatchNorm use its running statistics, also in
-    training mode, so they stay as loaded.
+    `dtype=jnp.bfloat16` computes in bf16 with float32 parameters. As a fixed feature extractor (only
+    `fc` trained) its BatchNorms use their running statistics in training too: `train.transfer.train_view`.
     """
 
     def __init__(self, num_classes: int = 1000, depth: int = 18, in_channels: int = 3, *, dtype=None,
@@ -83,17 +80,15 @@ class ResNet(nnx.Module):
                 in_features = features
             setattr(self, f"layer{stage}", nnx.List(layer))
         self.fc = nnx.Linear(512, num_classes, dtype=dtype, rngs=rngs)
-        self.frozen_backbone = False
 
     def stages(self, x: jax.Array) -> dict[str, jax.Array]:
         """Activations after the stem and each stage (for parity checks and feature extraction)."""
         out = {}
-        frozen = self.frozen_backbone
-        x = max_pool_3x3_s2(nnx.relu(self.bn1(self.conv1(x), True if frozen else None)))
+        x = max_pool_3x3_s2(nnx.relu(self.bn1(self.conv1(x))))
         out["stem"] = x
         for stage in range(1, 5):
             for block in getattr(self, f"layer{stage}"):
-                x = block(x, frozen)
+                x = block(x)
             out[f"layer{stage}"] = x
         return out
 

@@ -42,20 +42,18 @@ class SSLTrunk(nnx.Module):
                              for o in widths])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
-    def __call__(self, x: jax.Array, frozen: bool = False) -> jax.Array:
-        """`frozen`: a fixed feature extractor (BatchNorm running statistics, no dropout) in any mode."""
+    def __call__(self, x: jax.Array) -> jax.Array:
         for conv, bn in zip(self.convs, self.bns):
-            x = leaky_relu(bn(conv(x), use_running_average=True if frozen else None))
-            x = self.dropout(pool(x, "max", 2), deterministic=True if frozen else None)
+            x = self.dropout(pool(leaky_relu(bn(conv(x))), "max", 2))
         return x
 
 
 class SSLCNN(nnx.Module):
     """`trunk` (16/32/64 filters by default) → flatten → Dense(hidden) → LeakyReLU(0.1) → Dropout(0.5) → Dense.
 
-    `probe=True` makes a linear probe: the trunk is a fixed feature extractor (running BatchNorm
-    statistics, no dropout; train only `head`, see `jaxcnn.train.transfer.trainable`) and the head
-    is one Dense layer `head` on the flattened features.
+    `probe=True` makes a linear probe: the head is one Dense layer `head` on the flattened features
+    and only it trains (`jaxcnn.train.transfer.trainable`); the trunk, training nothing, then computes
+    as a fixed feature extractor (running BatchNorm statistics, no dropout: `transfer.train_view`).
 
     Each block halves the map (floor), so 28×28 → 14 → 7 → 3 and 32×32 → 4; the first dense layer's
     input size follows from the input shape. With the defaults, 10 classes and 28×28×1 inputs it has
@@ -92,7 +90,7 @@ class SSLCNN(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """The trunk output: NHWC (N, H/8, W/8, widths[-1]) with the default three blocks."""
-        return self.trunk(x, frozen=self.probe)
+        return self.trunk(x)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)

@@ -104,7 +104,7 @@ class Trainer:
         self.shuffle_keys = [jax.random.fold_in(k, 1) for k in seeds]
         self.augment_keys = [jax.random.fold_in(k, 2) for k in seeds]
         self.loop = resolve_loop(loop or config.train.loop)
-        graphdef, _ = nnx.split((self.models[0], self.optimizers[0]))
+        graphdef, _ = nnx.split((transfer.train_view(self.models[0], self.wrt), self.optimizers[0]))
         self.constrain = sharding.shard_batch(self.mesh)
         step_fn, epoch_fn = make_epoch_fns(graphdef, classification(self.preprocess, self.constrain),
                                            grouped=self.size > 1, wrt=self.wrt)

@@ -3,7 +3,7 @@
 Modes (`transfer.mode`):
 - `finetune`: every parameter trains (from the converted weights, new head);
 - `frozen`: AlexNet trains all but `features` (the study); ResNet only `fc` (a fixed feature
-  extractor: its BatchNorm statistics stay as loaded, running averages are used);
+  extractor: its BatchNorm statistics stay as loaded, running averages are used, `train_view`);
 - `scratch`: every parameter trains from a random initialisation (no `init`).
 The optimizer holds state only for the trainable parameters.
 """
@@ -49,14 +49,24 @@ def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
     return nnx.All(nnx.Param, nnx.PathContains(model_module(config.model.name).FROZEN_TRAINS))
 
 
+def train_view(model: nnx.Module, wrt: nnx.filterlib.Filter) -> nnx.Module:
+    """`model` as the training step runs it when only the parameters `wrt` selects train: each top-level
+    part with parameters of which none train (a frozen ResNet backbone, a probed SSL trunk) computes as
+    in evaluation (BatchNorm uses and keeps its running statistics, no dropout), via `nnx.view`, which
+    shares the arrays. Parts without parameters (AlexNet's classifier dropout) keep training mode."""
+    if wrt is nnx.Param:
+        return model
+    trained = {path[0] for path, _ in nnx.to_flat_state(nnx.state(model, wrt))}
+    frozen = {path[0] for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))} - trained
+    only = lambda path, module: isinstance(module, (nnx.BatchNorm, nnx.Dropout)) and path[:1] and path[0] in frozen
+    return nnx.view(model, only=only, use_running_average=True, deterministic=True, raise_if_not_found=False)
+
+
 def prepare(model: nnx.Module, config: ml_collections.ConfigDict, num_classes: int) -> None:
-    """Loads `transfer.init` into `model` (a new head keeps its initialisation when the class count
-    differs) and sets up frozen BatchNorm for a frozen ResNet."""
-    mode, init = transfer_config(config)
+    """Loads `transfer.init` into `model` (a new head keeps its initialisation when the class count differs)."""
+    _, init = transfer_config(config)
     if init:
         load_init(model, init, config.model.name, num_classes)
-    if mode == "frozen" and hasattr(model, "frozen_backbone"):
-        model.frozen_backbone = True
 
 
 def load_init(model: nnx.Module, path: str, architecture: str, num_classes: int) -> None:
