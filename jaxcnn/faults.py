@@ -3,7 +3,8 @@
 `JAXCNN_FAULT=POINT:EPOCH:SIGNAL` (e.g. `metrics_written:1:SIGKILL`) makes the process send SIGNAL
 to itself when it reaches POINT in EPOCH, so a test can kill a run exactly in the window it
 examines: `metrics_written` (after an epoch's metrics row, before its checkpoint), `save_started`
-(with the checkpoint save in flight), `figures` (while the final figures are written).
+(with the checkpoint save in flight), `figures` (while the final figures are written), `pretrain_saved`
+(right after a pretraining epoch's checkpoint save started).
 Without the variable `at` does nothing.
 """
 

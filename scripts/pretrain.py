@@ -3,9 +3,10 @@
     python scripts/pretrain.py --config configs/ssl_init.py:simclr --out trunks/simclr
     python scripts/train.py --config configs/ssl_init.py:simclr,trunk=trunks/simclr --workdir runs/simclr
 
-`--out` receives `trunk/` (Orbax), `meta.json` (method, time, loss per epoch) and the method's figure
-(autoencoder: reconstructions.png, SimCLR: pretrain_loss.png, k-means: filters.png). The study
-(`scripts/study.py --config configs/ssl_init.py`) pretrains on its own and caches the trunks.
+`--out` receives the trunk (Orbax: `model/` and `meta/`, its record: method, time, loss per epoch) and the
+method's figure (autoencoder: reconstructions.png, SimCLR: pretrain_loss.png, k-means: filters.png). Each epoch
+is checkpointed in `OUT.work`: an interrupted pretraining resumes where it stopped when the same command is run
+again. The study (`scripts/study.py --config configs/ssl_init.py`) pretrains on its own and caches the trunks.
 """
 
 from absl import flags

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.helpers import config_module
+from tests.helpers import cli, config_module
 from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import label_subset
@@ -176,3 +176,25 @@ def test_study_pretrains_once_per_method_and_seed_and_reports_the_gain(tmp_path)
     assert [(r["a"], r["b"]) for r in result["against_baseline"]] == [("kmeans_probe", "random_probe")]
     report = (tmp_path / "study" / "report.md").read_text()
     assert "## Against the baseline" in report and "| kmeans_probe | random_probe |" in report
+
+
+def test_pretraining_killed_mid_way_resumes_to_the_same_trunk(tmp_path):
+    """SIGKILL right after epoch 2's checkpoint save started; the same command again resumes from the
+    newest complete epoch and ends with the trunk of an uninterrupted pretraining."""
+    arg = "autoencoder,data.max_train=256,ssl.epochs=3,ssl.batch_size=128"
+    out = tmp_path / "trunk"
+    command = ("pretrain.py", "--config", f"configs/ssl_init.py:{arg}", "--out", str(out))
+    proc = cli(*command, fault="pretrain_saved:2:SIGKILL")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert not out.exists() and (tmp_path / "trunk.work" / "checkpoints").is_dir()
+    proc = cli(*command)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: resuming the pretraining after epoch" in proc.stderr
+    assert not (tmp_path / "trunk.work").exists()
+    pretrain.pretrain(ssl_init.get_config(arg), tmp_path / "reference", progress=False)
+    cfg = ssl_init.get_config(arg)
+    resumed, reference = (build_model(cfg.model, 10, (28, 28, 1), 0) for _ in range(2))
+    assert load_trunk(resumed, out)["losses"] == load_trunk(reference, tmp_path / "reference")["losses"]
+    a, b = flat(resumed.trunk), flat(reference.trunk)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0 if jax.default_backend() == "cpu" else 1e-5, err_msg=str(k))

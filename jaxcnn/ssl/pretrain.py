@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import shutil
+import sys
 import time
 from typing import Any
 
@@ -35,15 +37,17 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from jaxcnn import faults
 from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, WorkdirError
 from jaxcnn.models import build_model
 from jaxcnn.models.ssl_heads import Autoencoder, SimCLR
 from jaxcnn.report import pretrain_figures
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
 from jaxcnn.ssl.trunk import save_trunk
+from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import init_metrics, make_epoch_fns, resolve_loop
 
 METHODS = ("random", "autoencoder", "simclr", "kmeans")
@@ -86,11 +90,15 @@ def cached_trunk_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
 
 def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progress: bool = True) -> dict[str, Any]:
     """Pretrains the trunk of `config`'s model with `config.ssl.method` on all training images
-    (labels unused) and saves it to `out` with meta.json and the method's figure. Returns the meta."""
+    (labels unused) and saves it to `out` (`jaxcnn.ssl.trunk`) with the method's figure. Returns its
+    record. The epochs are checkpointed in `OUT.work` (removed when done): rerun to resume."""
     method = check_method(config)
     if method == "random":
         raise ConfigError("config ssl.method='random' has nothing to pretrain; choose autoencoder, simclr or kmeans")
     out = pathlib.Path(out)
+    if out.exists():  # before hours of pretraining, not after
+        raise ConfigError(f"{out} exists; choose a new directory for the trunk")
+    work = out.with_name(out.name + ".work")  # the checkpoints of an unfinished pretraining
     data = ml_collections.ConfigDict(config.data.to_dict())
     if "label_fraction" in data:
         data.label_fraction = 1.0  # pretraining sees every training image, without labels
@@ -101,20 +109,24 @@ def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progres
     t0 = time.perf_counter()
     key = jax.random.key(config.seed)
     if method == "kmeans":
-        losses, figure = _kmeans_init(trunk, dataset.train_images, config, key)
+        (losses, figure), earlier = _kmeans_init(trunk, dataset.train_images, config, key), 0.0
     else:
-        losses, figure = _train_trunk(method, trunk, dataset.train_images, config, key, progress)
-    seconds = time.perf_counter() - t0
+        losses, figure, earlier = _train_trunk(method, trunk, dataset.train_images, config, key, progress, work)
+    seconds = earlier + time.perf_counter() - t0
     meta = {"method": method, "pretrain_time_s": seconds, "num_images": int(len(dataset.train_images)),
             "dataset": dataset.name, "image_size": list(config.data.image_size), "losses": losses,
             "backend": jax.default_backend(), "settings": pretrain_settings(config)}
     save_trunk(out, trunk, meta)
     figure(out)
+    shutil.rmtree(work, ignore_errors=True)
     return meta
 
 
 def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict,
-                 key: jax.Array, progress: bool):
+                 key: jax.Array, progress: bool, work: pathlib.Path):
+    """Trains the trunk with its objective; each epoch is checkpointed in `work`, from which an
+    interrupted pretraining resumes (the same epochs, batches and keys: the same trunk). Returns the
+    loss per epoch, the figure writer and the seconds spent by earlier, interrupted invocations."""
     ssl = config.ssl
     n, batch = len(images), ssl.batch_size
     if batch < 2 or batch > n:
@@ -149,18 +161,48 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
 
     model.train()
     optimizer = nnx.Optimizer(model, optax.adam(ssl.learning_rate), wrt=nnx.Param)
+    settings = pretrain_settings(config)
+    checkpoints = Checkpoints(work, keep=1, best=False)
+    try:
+        latest = checkpoints.latest_meta()
+        if latest is not None and latest[1].get("settings") != settings:
+            raise WorkdirError(f"{work} holds an unfinished pretraining with other settings; delete it to pretrain "
+                               "these")
+        start, record, notes = checkpoints.restore_latest(model, optimizer)
+        for note in [*notes, *([f"resuming the pretraining after epoch {start} ({work})"] if start else [])]:
+            print(f"note: {note}", file=sys.stderr)
+        losses = _epochs(method, model, optimizer, objective, jax.device_put(images), config, key, progress,
+                         checkpoints, start, record)
+    finally:
+        checkpoints.close()  # waits for the last save
+    earlier = record.get("seconds", 0.0)
+    if method == "autoencoder":
+        model.eval()
+        x = preprocess(images[:8])
+        inputs, recon = np.asarray(x * std + mean), np.asarray(model(x) * std + mean)
+        return (losses, lambda out: pretrain_figures.reconstruction_png(out / "reconstructions.png", inputs, recon),
+                earlier)
+    return losses, lambda out: pretrain_figures.loss_png(out / "pretrain_loss.png", losses, "NT-Xent"), earlier
+
+
+def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective, images: jax.Array,
+            config: ml_collections.ConfigDict, key: jax.Array, progress: bool, checkpoints: Checkpoints,
+            start: int, record: dict[str, Any]) -> list[float]:
+    """Epochs `start`+1.. of the pretraining, each checkpointed; returns the loss of every epoch."""
+    ssl, settings = config.ssl, pretrain_settings(config)
+    n, batch = len(images), ssl.batch_size
+    t0, earlier = time.perf_counter(), record.get("seconds", 0.0)
     graphdef, state = nnx.split((model, optimizer))
     # The classifier's step and epoch strategies (`jaxcnn.train.steps`), with this objective.
     step_fn, epoch_fn = make_epoch_fns(graphdef, objective)
     loop = resolve_loop(config.train.loop)
-
-    images = jax.device_put(images)
     no_labels = jnp.zeros(n, jnp.int32)
     steps = n // batch
-    losses = []
-    bar = tqdm(total=ssl.epochs * steps, unit="step", disable=not progress, dynamic_ncols=True)
+    losses = list(record.get("losses", []))
+    bar = tqdm(total=ssl.epochs * steps, initial=start * steps, unit="step", disable=not progress,
+               dynamic_ncols=True)
     try:
-        for epoch in range(1, ssl.epochs + 1):
+        for epoch in range(start + 1, ssl.epochs + 1):
             bar.set_description(f"pretrain {method} (seed {config.seed}): epoch {epoch}/{ssl.epochs}")
             perm = epoch_permutation(jax.random.fold_in(key, 2), epoch, n, batch)
             epoch_key = jax.random.fold_in(jax.random.fold_in(key, 3), epoch)
@@ -178,15 +220,13 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
                 raise ConfigError(f"pretraining {method}: the loss became {losses[-1]} in epoch {epoch}; "
                                   f"lower ssl.learning_rate (now {ssl.learning_rate})")
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            nnx.update((model, optimizer), state)
+            checkpoints.save(epoch, model, optimizer, {"epoch": epoch, "losses": losses, "settings": settings,
+                                                      "seconds": earlier + time.perf_counter() - t0})
+            faults.at("pretrain_saved", epoch)
     finally:
         bar.close()
-    nnx.update((model, optimizer), state)
-    if method == "autoencoder":
-        model.eval()
-        x = preprocess(images[:8])
-        inputs, recon = np.asarray(x * std + mean), np.asarray(model(x) * std + mean)
-        return losses, lambda out: pretrain_figures.reconstruction_png(out / "reconstructions.png", inputs, recon)
-    return losses, lambda out: pretrain_figures.loss_png(out / "pretrain_loss.png", losses, "NT-Xent")
+    return losses
 
 
 def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array):

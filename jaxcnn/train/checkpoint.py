@@ -149,15 +149,17 @@ def restore_weights(directory: str | pathlib.Path, module: nnx.Module, meta: dic
 
 
 class Checkpoints:
-    """`workdir/checkpoints/<epoch>/{model,opt,meta}`; the step number is the epoch."""
+    """`workdir/checkpoints/<epoch>/{model,opt,meta}`; the step number is the epoch. Keeps the latest
+    `keep` and, with `best`, the one of the best `meta['test_accuracy']` (a classifier's run)."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, read_only: bool = False, best: bool = True):
         # Ties in accuracy: the earlier epoch ranks higher, as in `best_record` (BestN keeps the last
         # of its ascending sort). Checkpoints written before "epoch" was recorded rank as epoch 0.
         keep_best = policies.BestN(get_metric_fn=lambda m: (m["test_accuracy"], -m.get("epoch", 0)), n=1,
                                    keep_checkpoints_without_metrics=False)
+        self.best = best
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), keep_best]),
+            preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), *([keep_best] * best)]),
             read_only=read_only, create=not read_only)
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
@@ -173,8 +175,8 @@ class Checkpoints:
         """Saves asynchronously; `meta['test_accuracy']` ranks checkpoints for `best`."""
         model_state, opt_state = nnx.state(model), nnx.state(optimizer)
         self._check_space(model_state, opt_state)
-        self.manager.save(epoch, args=_save_args(meta, {"model": model_state, "opt": opt_state}),
-                          metrics={"test_accuracy": meta["test_accuracy"], "epoch": epoch})
+        metrics = {"test_accuracy": meta["test_accuracy"], "epoch": epoch} if self.best else None
+        self.manager.save(epoch, args=_save_args(meta, {"model": model_state, "opt": opt_state}), metrics=metrics)
 
     def _check_space(self, *states: Any) -> None:
         """Raises ENOSPC before a save that cannot fit (its uncompressed size, +10% and 256 KiB), rather
