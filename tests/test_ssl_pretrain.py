@@ -12,7 +12,7 @@ from tests.helpers import cli, config_module
 from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
 from jaxcnn.data.dataset import label_subset
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, TrainingDivergedError
 from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain
 from jaxcnn.convert.store import VARIABLES
@@ -117,6 +117,9 @@ def test_wrong_trunk_architecture_channels_or_method_is_refused(kmeans_trunk, tm
         pretrain.pretrain(config("simclr,data.max_train=300,ssl.gray_prob=2.0", tmp_path), tmp_path / "x")
     with pytest.raises(ConfigError, match="ssl.batch_size=512 must be between 2 and the 300 training images"):
         pretrain.pretrain(config("autoencoder,data.max_train=300,ssl.batch_size=512", tmp_path), tmp_path / "x")
+    with pytest.raises(TrainingDivergedError, match=r"^pretraining autoencoder, epoch 1: loss became nan; stopped"):
+        pretrain.pretrain(config("autoencoder,data.max_train=256,ssl.batch_size=128,ssl.learning_rate=1e30",
+                                 tmp_path), tmp_path / "y", progress=False)
 
 
 @pytest.mark.parametrize("method", ["autoencoder", "simclr"])

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from jaxcnn import faults
 from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
-from jaxcnn.errors import ConfigError, WorkdirError
+from jaxcnn.errors import ConfigError, TrainingDivergedError, WorkdirError
 from jaxcnn.models import build_model
 from jaxcnn.models.ssl_heads import Autoencoder, SimCLR
 from jaxcnn.report import pretrain_figures
@@ -217,8 +217,8 @@ def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective,
             state, metrics, _ = carry
             losses.append(float(metrics[0] / metrics[2]))
             if not np.isfinite(losses[-1]):
-                raise ConfigError(f"pretraining {method}: the loss became {losses[-1]} in epoch {epoch}; "
-                                  f"lower ssl.learning_rate (now {ssl.learning_rate})")
+                raise TrainingDivergedError(f"pretraining {method}, epoch {epoch}: loss became {losses[-1]}; stopped. "
+                                            f"Lower ssl.learning_rate (now {ssl.learning_rate}).")
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             nnx.update((model, optimizer), state)
             checkpoints.save(epoch, model, optimizer, {"epoch": epoch, "losses": losses, "settings": settings,
