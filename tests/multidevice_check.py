@@ -62,6 +62,39 @@ def check_resume_on_other_device_count() -> None:
     print("8 devices -> resumed on 2 == 1 device for 2 epochs")
 
 
+def check_pretraining_equal_to_one_device() -> None:
+    from jaxcnn.models import build_model
+    from jaxcnn.ssl.pretrain import pretrain
+    from jaxcnn.ssl.trunk import load_trunk
+
+    ssl_init = config_module("ssl_init")
+    runs = []
+    for mesh in (1, 8):
+        config = ssl_init.get_config(f"autoencoder,data.max_train=256,ssl.epochs=1,ssl.batch_size=64,mesh={mesh}")
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = pretrain(config, pathlib.Path(tmp) / "trunk", progress=False)
+            model = build_model(config.model, 10, (28, 28, 1), 0)
+            load_trunk(model, pathlib.Path(tmp) / "trunk")
+        runs.append((meta["losses"], {k: np.asarray(v.get_value())
+                                      for k, v in nnx.to_flat_state(nnx.state(model.trunk, nnx.Param))}))
+    (losses1, params1), (losses8, params8) = runs
+    np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
+    for k in params1:
+        # A conv bias right before BatchNorm gets a zero gradient up to rounding, which Adam scales to
+        # full-size steps: it differs between any two summation orders and does not change the function.
+        # Adam likewise lifts rounding in the kernels to ~2e-5 (weights of size ~0.1).
+        if not (k[0] == "convs" and k[-1] == "bias"):
+            np.testing.assert_allclose(params8[k], params1[k], atol=1e-4, err_msg=str(k))
+    try:  # the mesh is used: a batch that does not split over it is refused
+        pretrain(ssl_init.get_config("autoencoder,data.max_train=256,ssl.batch_size=100,mesh=8"),
+                 pathlib.Path(tempfile.mkdtemp()) / "trunk", progress=False)
+    except ConfigError as e:
+        assert "ssl.batch_size=100 does not split evenly over 8 devices" in str(e), str(e)
+    else:
+        raise AssertionError("ssl.batch_size=100 on 8 devices: no error")
+    print(f"pretraining: 8 devices == 1 device; losses {losses8} vs {losses1}")
+
+
 def check_errors() -> None:
     for arg, message in (("batch_size=100,mesh=8", "train.batch_size=100 does not split evenly over 8 devices "
                                                    "(mesh=8); use a multiple of 8 such as 96 or 104, or mesh=4"),
@@ -88,11 +121,11 @@ def check_scaling_benchmark() -> None:
 
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
-    names = sys.argv[1:] or ["python", "scan", "resume", "errors", "scaling"]
+    names = sys.argv[1:] or ["python", "scan", "resume", "errors", "scaling", "pretrain"]
     for name in names:
         {"python": lambda: check_equal_to_one_device("python"), "scan": lambda: check_equal_to_one_device("scan"),
          "resume": check_resume_on_other_device_count, "errors": check_errors,
-         "scaling": check_scaling_benchmark}[name]()
+         "scaling": check_scaling_benchmark, "pretrain": check_pretraining_equal_to_one_device}[name]()
 
 
 if __name__ == "__main__":

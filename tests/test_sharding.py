@@ -19,7 +19,7 @@ def test_eight_devices_train_like_one_split_the_batch_and_resume_on_another_coun
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "tests.multidevice_check", "python", "resume", "errors",
-                             "scaling"],
+                             "scaling", "pretrain"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "python: 8 devices == 1 device" in result.stdout

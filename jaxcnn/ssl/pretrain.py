@@ -47,6 +47,7 @@ from jaxcnn.report import pretrain_figures
 from jaxcnn.ssl import augment, kmeans
 from jaxcnn.ssl.simclr import nt_xent
 from jaxcnn.ssl.trunk import save_trunk
+from jaxcnn.train import sharding
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import init_metrics, make_epoch_fns, resolve_loop
 
@@ -132,6 +133,9 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
     if batch < 2 or batch > n:
         raise ConfigError(f"config ssl.batch_size={batch} must be between 2 and the {n} training images of "
                           f"data.source={config.data.source!r}")
+    mesh = sharding.make_mesh(config.get("mesh", 0))  # data parallel, as the classifier's training
+    sharding.check_batch(batch, mesh, "ssl.batch_size")
+    constrain = sharding.shard_batch(mesh)
     widths = [int(c.out_features) for c in trunk.convs]
     rngs = nnx.Rngs(params=jax.random.fold_in(key, 1))
     preprocess = make_preprocess(config.data)
@@ -141,7 +145,7 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         model = Autoencoder(trunk, widths, config.data.channels, rngs=rngs)
 
         def objective(model, batch_images, labels, key):  # labels unused
-            x = preprocess(batch_images)
+            x = constrain(preprocess(batch_images))
             return jnp.mean((model(x) - x) ** 2), jnp.int32(0)
     else:
         try:
@@ -154,7 +158,7 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         model = SimCLR(trunk, features, ssl.proj_hidden, ssl.proj_dim, rngs=rngs)
 
         def objective(model, batch_images, labels, key):  # labels unused
-            x = preprocess(batch_images) * std + mean  # [0, 1] at the model's size and channels
+            x = constrain(preprocess(batch_images)) * std + mean  # [0, 1] at the model's size and channels
             v1, v2 = augment.simclr_views(key, x, opts)
             z = model((jnp.concatenate([v1, v2]) - mean) / std)  # both views in one BatchNorm batch
             return nt_xent(z[:len(x)], z[len(x):], ssl.temperature), jnp.int32(0)
@@ -171,8 +175,8 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         start, record, notes = checkpoints.restore_latest(model, optimizer)
         for note in [*notes, *([f"resuming the pretraining after epoch {start} ({work})"] if start else [])]:
             print(f"note: {note}", file=sys.stderr)
-        losses = _epochs(method, model, optimizer, objective, jax.device_put(images), config, key, progress,
-                         checkpoints, start, record)
+        losses = _epochs(method, model, optimizer, objective, images, config, key, progress, checkpoints, start,
+                         record, mesh)
     finally:
         checkpoints.close()  # waits for the last save
     earlier = record.get("seconds", 0.0)
@@ -187,16 +191,18 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
 
 def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective, images: jax.Array,
             config: ml_collections.ConfigDict, key: jax.Array, progress: bool, checkpoints: Checkpoints,
-            start: int, record: dict[str, Any]) -> list[float]:
+            start: int, record: dict[str, Any], mesh) -> list[float]:
     """Epochs `start`+1.. of the pretraining, each checkpointed; returns the loss of every epoch."""
     ssl, settings = config.ssl, pretrain_settings(config)
     n, batch = len(images), ssl.batch_size
     t0, earlier = time.perf_counter(), record.get("seconds", 0.0)
     graphdef, state = nnx.split((model, optimizer))
-    # The classifier's step and epoch strategies (`jaxcnn.train.steps`), with this objective.
+    # The classifier's step and epoch strategies (`jaxcnn.train.steps`), with this objective, its data
+    # placement: the images and the state replicated, each batch split over the mesh.
     step_fn, epoch_fn = make_epoch_fns(graphdef, objective)
     loop = resolve_loop(config.train.loop)
-    no_labels = jnp.zeros(n, jnp.int32)
+    replicated = sharding.replicated(mesh)
+    state, images, no_labels = sharding.put((state, images, np.zeros(n, np.int32)), replicated)
     steps = n // batch
     losses = list(record.get("losses", []))
     bar = tqdm(total=ssl.epochs * steps, initial=start * steps, unit="step", disable=not progress,
@@ -204,8 +210,9 @@ def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective,
     try:
         for epoch in range(start + 1, ssl.epochs + 1):
             bar.set_description(f"pretrain {method} (seed {config.seed}): epoch {epoch}/{ssl.epochs}")
-            perm = epoch_permutation(jax.random.fold_in(key, 2), epoch, n, batch)
-            epoch_key = jax.random.fold_in(jax.random.fold_in(key, 3), epoch)
+            perm = sharding.put(epoch_permutation(jax.random.fold_in(key, 2), epoch, n, batch),
+                                sharding.batch_sharding(mesh, leading=1))
+            epoch_key = sharding.put(jax.random.fold_in(jax.random.fold_in(key, 3), epoch), replicated)
             carry, data = (state, init_metrics(), jnp.int32(0)), (images, no_labels, perm, epoch_key)
             if loop == "scan":
                 carry = epoch_fn(carry, data)
