@@ -14,7 +14,7 @@ from jaxcnn.report import run as run_outputs
 from jaxcnn.report.run import read_per_class, summarize, write_history, write_outputs
 from jaxcnn.study.report import write_report
 from jaxcnn.study.runs import RunRecord
-from jaxcnn.study.stats import welch_t
+from jaxcnn.study.stats import seeds_needed
 
 CLASSES = ("cat", "dog", "bird")
 N_TEST = 60
@@ -145,19 +145,28 @@ def test_ranking_orders_variants_by_mean_final_test_accuracy(study):
     assert listed == expected
 
 
-def test_separated_variants_are_distinguishable_and_overlapping_ones_are_not(study):
+def test_separated_variants_are_significant_and_overlapping_ones_are_not(study):
+    from scipy import stats as scipy_stats
+
     comparisons = {(c["a"], c["b"]): c for c in study["result"]["comparisons"]}
-    assert comparisons["a", "c"]["verdict"] == "exceeds"
-    assert comparisons["c", "b"]["verdict"] == "within"
+    assert comparisons["a", "c"]["verdict"] == "significant"
+    assert comparisons["c", "b"]["verdict"] == "not significant"
     assert comparisons["b", "d"]["verdict"] == "unknown"  # d has one seed
-    t, df = welch_t(accuracies("a"), accuracies("c"))
+    for a, b in (("a", "c"), ("c", "b")):  # t, df and p as scipy's Welch test gives them on the report's numbers
+        ref = scipy_stats.ttest_ind(accuracies(a), accuracies(b), equal_var=False)
+        assert comparisons[a, b]["t"] == pytest.approx(ref.statistic, rel=1e-12)
+        assert comparisons[a, b]["df"] == pytest.approx(ref.df, rel=1e-12)
+        assert comparisons[a, b]["p"] == pytest.approx(ref.pvalue, rel=1e-12)
     diff = np.mean(accuracies("a")) - np.mean(accuracies("c"))
     se = math.sqrt(np.var(accuracies("a"), ddof=1) / 3 + np.var(accuracies("c"), ddof=1) / 3)
-    assert comparisons["a", "c"]["t"] == pytest.approx(diff / se) == pytest.approx(t)
+    assert comparisons["a", "c"]["t"] == pytest.approx(diff / se)
+    assert comparisons["a", "c"]["p"] < 0.05 < comparisons["c", "b"]["p"]
+    assert comparisons["c", "b"]["seeds_needed"] == seeds_needed(accuracies("c"), accuracies("b")) > 3
     assert study["result"]["distinguishable"] is True
     md = study["md"]
-    assert re.search(r"^\| a vs c \| \+[\d.]+ \| [\d.]+ \| [\d.]+ \| exceeds the seed spread \|$", md, re.M)
-    assert re.search(r"^\| c vs b \| .* \| within the seed spread \|$", md, re.M)
+    assert re.search(r"^\| a vs c \| \+[\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.<]+ \| significant \(p < 0.05\) \|$", md,
+                     re.M)
+    assert re.search(r"^\| c vs b \| .* \| not significant; ~\d+ seeds would tell \|$", md, re.M)
     assert re.search(r"^\| b vs d \| .* \| spread unknown", md, re.M)
     assert "**a** has the highest mean final test accuracy" in md and "so the two are distinguishable" in md
 
@@ -216,3 +225,20 @@ def test_a_study_with_no_finished_run_still_reports(tmp_path):
     assert result["ranking"] == [] and result["best"] is None and result["distinguishable"] is False
     md = (tmp_path / "report" / "report.md").read_text()
     assert "NaN loss" in md and "No run finished" in md
+
+
+def test_confidence_intervals_and_too_few_seeds(study):
+    from scipy import stats as scipy_stats
+
+    a = study["result"]["variants"]["a"]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=np.mean(accuracies("a")), scale=scipy_stats.sem(accuracies("a")))
+    assert a["test_accuracy_mean"] - a["test_accuracy_ci95"] == pytest.approx(low, rel=1e-12)
+    assert a["test_accuracy_mean"] + a["test_accuracy_ci95"] == pytest.approx(high, rel=1e-12)
+    assert f"| [{100 * low:.2f}, {100 * high:.2f}] |" in study["md"]
+    # two seeds each: even a gap of 15 points at |t| > 7 is not called significant
+    two = [r for r in study["runs"] if r.variant in ("a", "c") and r.status == "done" and r.seed < 2]
+    out = study["root"] / "two_seeds"
+    result = write_report(out, "Two seeds", two)
+    head = result["comparisons"][0]
+    assert head["verdict"] == "more seeds" and abs(head["t"]) > 2 and result["distinguishable"] is False
+    assert "cannot be judged with fewer than 3 seeds per variant" in (out / "report.md").read_text()

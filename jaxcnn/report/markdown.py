@@ -57,7 +57,14 @@ def listing(value: Any, fmt: str = "") -> str:
 
 
 def statistic(t: float | None) -> str:
-    """A test statistic with 2 decimals, or ∞ / −∞."""
-    if t is None:
+    """A test statistic (or degrees of freedom) with 2 decimals, or ∞ / −∞; – for none or NaN."""
+    if t is None or math.isnan(t):
         return MISSING
     return ("−∞" if t < 0 else "∞") if math.isinf(t) else f"{t:.2f}"
+
+
+def p_value(p: float | None) -> str:
+    """A p-value to 3 decimals, `< 0.001` below that; – for none."""
+    if p is None or math.isnan(p):
+        return MISSING
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"

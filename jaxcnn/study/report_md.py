@@ -3,17 +3,21 @@ ranking with its Welch comparisons and verdict, the figures, and per-class numbe
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, percent, statistic, table
+from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, p_value, percent, statistic, table
 from jaxcnn.study.runs import STATUSES, FinishedRun, RunRecord, epochs_completed
-from jaxcnn.study.stats import PROJECTED_EPOCHS, SPREAD_T, unique
+from jaxcnn.study.stats import ALPHA, MIN_SEEDS, POWER, PROJECTED_EPOCHS, unique
 
-VERDICT_TEXT = {"exceeds": "exceeds the seed spread", "within": "within the seed spread",
-                "unknown": "spread unknown (fewer than 2 seeds)"}
+VERDICT_TEXT = {"significant": f"significant (p < {ALPHA:g})", "not significant": "not significant",
+                "more seeds": f"needs ≥ {MIN_SEEDS} seeds per variant", "unknown": "spread unknown (fewer than 2 seeds)"}
+
+
+def _verdict_cell(c: dict[str, Any]) -> str:
+    need = c.get("seeds_needed")
+    return VERDICT_TEXT[c["verdict"]] + (f"; ~{need} seeds would tell" if need else "")
 
 
 def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[str, list[FinishedRun]],
@@ -32,7 +36,8 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
         f"{counts['failed']} failed. Dataset: {datasets}; backend: {backends}. Per-run numbers: "
         "[results.csv](results.csv).", "",
         "Every number below is over a variant's finished seeds only: the mean, and after ± the sample "
-        "standard deviation over seeds (ddof = 1; – where fewer than 2 seeds finished). Accuracies are "
+        "standard deviation over seeds (ddof = 1; – where fewer than 2 seeds finished); the 95 % confidence "
+        "interval of the mean is from the t distribution (n − 1 degrees of freedom). Accuracies are "
         "in percent, at the final epoch unless marked best.", "",
         "## Results", "",
     ]
@@ -71,12 +76,13 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
 
 def _results_table(stats: dict[str, dict]) -> list[str]:
     """Accuracy and overfitting per variant (– throughout where no seed finished)."""
-    header = ("variant", "seeds", "epochs", "test accuracy % (final)", "best test accuracy %", "best epoch",
-              "train accuracy % (final)", "overfitting: train − test (points)",
+    header = ("variant", "seeds", "epochs", "test accuracy % (final)", "95 % CI of the mean", "best test accuracy %",
+              "best epoch", "train accuracy % (final)", "overfitting: train − test (points)",
               "overfitting: test-loss rise above its minimum")
     return table(header, [
         [v, f"{s['n']}" + (f" of {s['n'] + len(s['excluded'])}" if s["excluded"] else ""),
          number(s["epochs_mean"], ".0f"), percent(s["test_accuracy_mean"], s["test_accuracy_std"], with_std=True),
+         _interval(s["test_accuracy_mean"], s["test_accuracy_ci95"]),
          percent(s["best_test_accuracy_mean"]), number(s["best_epoch_mean"], ".1f"),
          percent(s["final_train_accuracy_mean"]), number(_points(s["overfitting_gap_mean"]), "+.2f"),
          number(s["test_loss_rise_mean"], ".4f")]
@@ -92,6 +98,13 @@ def _times_table(stats: dict[str, dict]) -> list[str]:
          duration(s["projected_100_epochs_s"]), number(s["compile_time_s_mean"], ".1f", " s"),
          listing(s["num_params"], ","), listing(s["group_size"])]
         for v, s in stats.items()])
+
+
+def _interval(mean: float | None, half_width: float | None) -> str:
+    """[low, high] in percent; – without a spread."""
+    if mean is None or half_width is None:
+        return MISSING
+    return f"[{percent(mean - half_width)}, {percent(mean + half_width)}]"
 
 
 def _points(x: float | None) -> float | None:
@@ -111,12 +124,13 @@ def _baseline_section(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     return ["## Against the baseline", "",
-            "Each variant's mean final test accuracy minus its baseline's (points), Welch's t over seeds "
-            f"(|t| > {SPREAD_T:g}: the gain exceeds the seed spread), and the time its initialisation took "
+            "Each variant's mean final test accuracy minus its baseline's (points), Welch's t-test over seeds "
+            f"(significant at p < {ALPHA:g}, see Ranking), and the time its initialisation took "
             "(pretraining, mean over seeds; 0 for none).", "",
-            *table(("variant", "baseline", "gain (points)", "Welch t", "verdict", "pretraining time"),
-                   [[c["a"], c["b"], f"{100 * c['difference']:+.2f}", statistic(c["t"]), VERDICT_TEXT[c["verdict"]],
-                     number(c["pretrain_time_s"], ".1f", " s")] for c in rows]), ""]
+            *table(("variant", "baseline", "gain (points)", "Welch t", "df", "p", "verdict", "pretraining time"),
+                   [[c["a"], c["b"], f"{100 * c['difference']:+.2f}", statistic(c["t"]), statistic(c["df"]),
+                     p_value(c["p"]), _verdict_cell(c), number(c["pretrain_time_s"], ".1f", " s")]
+                    for c in rows]), ""]
 
 
 def _ranking_section(result: dict, stats: dict[str, dict]) -> list[str]:
@@ -132,16 +146,18 @@ def _ranking_section(result: dict, stats: dict[str, dict]) -> list[str]:
     lines.append("")
     if len(ranking) > 1:
         lines += [
-            "A difference *exceeds the seed spread* when Welch's t = (mean₁ − mean₂) / √(s₁²/n₁ + s₂²/n₂), "
-            f"with s the sample standard deviation of the final test accuracy over seeds, has |t| > {SPREAD_T:g}. "
-            "That is a rough rule: with few seeds (small df, the Welch–Satterthwaite degrees of freedom) "
-            "a |t| just above 2 is weak evidence (the two-sided 5 % critical value is 4.30 at df = 2 and "
-            "2.78 at df = 4). With fewer than 2 seeds on either side the spread is unknown.", ""]
+            "Each difference is tested with Welch's t-test over the seeds' final test accuracies "
+            "(t = (mean₁ − mean₂) / √(s₁²/n₁ + s₂²/n₂), df by Welch–Satterthwaite, two-sided p from the t "
+            f"distribution; `scipy.stats.ttest_ind(equal_var=False)`). It is *significant* at p < {ALPHA:g}. "
+            f"With fewer than {MIN_SEEDS} seeds on a side the test has too few degrees of freedom to judge "
+            "(the 5 % critical |t| is 12.7 at df = 1): run more seeds. For a difference that is not significant, "
+            "the seeds per variant that would tell a difference of its size (5 % level, "
+            f"{100 * POWER:.0f} % power) are given. With fewer than 2 seeds on a side the spread is unknown.", ""]
         for kind, heading in (("adjacent", "Adjacent pairs in the ranking"), ("best", "The best against each other")):
             rows = [[f"{c['a']} vs {c['b']}", f"{100 * c['difference']:+.2f}", statistic(c["t"]),
-                     MISSING if c["df"] is None or math.isnan(c["df"]) else f"{c['df']:.1f}",
-                     VERDICT_TEXT[c["verdict"]]] for c in result["comparisons"] if c["kind"] == kind]
-            header = ("comparison", "difference (points)", "Welch t", "df", "verdict")
+                     statistic(c["df"]), p_value(c["p"]), _verdict_cell(c)]
+                    for c in result["comparisons"] if c["kind"] == kind]
+            header = ("comparison", "difference (points)", "Welch t", "df", "p", "verdict")
             lines += [f"{heading}:", "", *table(header, rows), ""]
     return lines + [f"**Verdict.** {result['verdict']}", ""]
 

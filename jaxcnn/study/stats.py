@@ -1,5 +1,10 @@
-"""A study's statistics over seeds: per-variant means and sample standard deviations, the ranking by
-mean final test accuracy, Welch's t of each gap against the seed spread, and the verdict."""
+"""A study's statistics over seeds: per-variant means, sample standard deviations and 95 % confidence
+intervals, the ranking by mean final test accuracy, Welch's t-test of each gap (scipy), and the verdict.
+
+A difference is *significant* at p < 0.05 (two-sided Welch's t-test). With fewer than 3 seeds on a side
+the test has too few degrees of freedom to mean much: the comparison says it needs more seeds. A gap
+that is not significant comes with the seeds per variant that would tell a difference of its size
+(two-sample, 5 % level, 80 % power, normal approximation)."""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as scipy_stats
 
-from jaxcnn.report.markdown import percent, statistic
+from jaxcnn.report.markdown import p_value, percent, statistic
 from jaxcnn.study.runs import FinishedRun, RunRecord
 
-SPREAD_T = 2.0  # |Welch t| above this: the difference "exceeds the seed spread"
+ALPHA = 0.05  # two-sided significance level
+MIN_SEEDS = 3  # fewer seeds on a side: the comparison needs more seeds
+POWER = 0.8  # for the seeds a non-significant difference would need
 PROJECTED_EPOCHS = 100
 
 # Per-run numbers copied from summary.json, in results.csv order.
@@ -33,7 +41,7 @@ def aggregate(runs: list[RunRecord], by_variant: dict[str, list[FinishedRun]],
     runner_up = ranking[1] if len(ranking) > 1 else None
     head = next((c for c in comparisons if c["a"] == best and c["b"] == runner_up), None)
     return {"variants": stats, "ranking": ranking, "best": best, "runner_up": runner_up,
-            "distinguishable": bool(head and head["verdict"] == "exceeds"), "comparisons": comparisons,
+            "distinguishable": bool(head and head["verdict"] == "significant"), "comparisons": comparisons,
             "verdict": _verdict(ranking, stats, head),
             "against_baseline": [{**_compare(v, b, by_variant), "pretrain_time_s": stats[v]["pretrain_time_s_mean"]}
                                  for v, b in (baselines or {}).items()
@@ -46,25 +54,41 @@ def unique(values: Sequence[Any]) -> Any:
     return distinct[0] if len(distinct) == 1 else (distinct or None)
 
 
-def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
-    """Welch's t statistic of mean(a) − mean(b) and its Welch–Satterthwaite degrees of freedom;
-    None when either side has fewer than 2 values (no spread to compare with)."""
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
+    """Welch's t-test of mean(a) − mean(b) (`scipy.stats.ttest_ind(equal_var=False)`): (t, df, two-sided
+    p); None when either side has fewer than 2 values (no spread to compare with). Two sides without
+    any spread: t = ±inf and p = 0 when the means differ, t = 0 and p = 1 when they do not."""
     if len(a) < 2 or len(b) < 2:
         return None
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    if np.var(a) == 0 and np.var(b) == 0:
+        diff = float(np.mean(a) - np.mean(b))
+        return (math.copysign(math.inf, diff), math.nan, 0.0) if diff else (0.0, math.nan, 1.0)
+    result = scipy_stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.df), float(result.pvalue)
+
+
+def seeds_needed(a: Sequence[float], b: Sequence[float]) -> int | None:
+    """Seeds per variant at which a difference of the observed size would be significant with
+    probability `POWER` (n = 2 (z₁₋α/₂ + z_power)² s² / d², s² the mean of the two variances);
+    None when the observed difference is 0 or has no spread."""
     diff = float(np.mean(a) - np.mean(b))
-    se2 = float(va + vb)
-    if se2 == 0:
-        return (0.0 if diff == 0 else math.copysign(math.inf, diff)), math.nan
-    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return diff / math.sqrt(se2), float(df)
+    variance = (np.var(a, ddof=1) + np.var(b, ddof=1)) / 2
+    if diff == 0 or not variance > 0:
+        return None
+    z = scipy_stats.norm.ppf(1 - ALPHA / 2) + scipy_stats.norm.ppf(POWER)
+    return max(MIN_SEEDS, math.ceil(2 * z ** 2 * variance / diff ** 2))
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+def _mean_std_ci(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """Mean, sample standard deviation and the half-width of the mean's 95 % confidence interval
+    (t distribution, n − 1 degrees of freedom); None where fewer than 2 values give no spread."""
     if not values:
-        return None, None
+        return None, None, None
     mean = float(np.mean(values))
-    return mean, (float(np.std(values, ddof=1)) if len(values) >= 2 else None)
+    if len(values) < 2:
+        return mean, None, None
+    std = float(np.std(values, ddof=1))
+    return mean, std, float(scipy_stats.t.ppf(1 - ALPHA / 2, len(values) - 1) * std / math.sqrt(len(values)))
 
 
 def _variant_stats(done: list[FinishedRun], records: list[RunRecord]) -> dict[str, Any]:
@@ -72,9 +96,10 @@ def _variant_stats(done: list[FinishedRun], records: list[RunRecord]) -> dict[st
                              "excluded": [r.seed for r in records if r.status != "done"]}
     for key in STAT_KEYS:
         values = [f.summary[key] for f in done if f.summary.get(key) is not None]
-        stats[f"{key}_mean"], stats[f"{key}_std"] = _mean_std(values)
+        stats[f"{key}_mean"], stats[f"{key}_std"], stats[f"{key}_ci95"] = _mean_std_ci(values)
     stats["test_accuracy_mean"] = stats["final_test_accuracy_mean"]
     stats["test_accuracy_std"] = stats["final_test_accuracy_std"]
+    stats["test_accuracy_ci95"] = stats["final_test_accuracy_ci95"]
     epoch_time = stats["mean_epoch_time_s_mean"]
     stats["projected_100_epochs_s"] = None if epoch_time is None else PROJECTED_EPOCHS * epoch_time
     stats["num_params"] = unique([f.value("num_params") for f in done])
@@ -85,10 +110,16 @@ def _variant_stats(done: list[FinishedRun], records: list[RunRecord]) -> dict[st
 def _compare(a: str, b: str, by_variant: dict[str, list[FinishedRun]]) -> dict[str, Any]:
     xa = [f.summary["final_test_accuracy"] for f in by_variant[a]]
     xb = [f.summary["final_test_accuracy"] for f in by_variant[b]]
-    welch = welch_t(xa, xb)
-    t, df = welch if welch else (None, None)
-    verdict = "unknown" if t is None else ("exceeds" if abs(t) > SPREAD_T else "within")
-    return {"a": a, "b": b, "difference": float(np.mean(xa) - np.mean(xb)), "t": t, "df": df, "verdict": verdict}
+    test = welch(xa, xb)
+    t, df, p = test if test else (None, None, None)
+    if test is None:
+        verdict = "unknown"
+    elif min(len(xa), len(xb)) < MIN_SEEDS:
+        verdict = "more seeds"
+    else:
+        verdict = "significant" if p < ALPHA else "not significant"
+    return {"a": a, "b": b, "difference": float(np.mean(xa) - np.mean(xb)), "t": t, "df": df, "p": p,
+            "verdict": verdict, "seeds_needed": seeds_needed(xa, xb) if verdict == "not significant" else None}
 
 
 def _comparisons(ranking: list[str], by_variant: dict[str, list[FinishedRun]]) -> list[dict[str, Any]]:
@@ -107,12 +138,18 @@ def _verdict(ranking: list[str], stats: dict[str, dict], head: dict | None) -> s
     if head is None:
         return f"Only **{best}** has finished runs ({acc} mean final test accuracy), so there is nothing to compare."
     lead = f"its lead of {100 * head['difference']:.2f} points over the runner-up **{head['b']}**"
-    if head["verdict"] == "exceeds":
-        tail = (f"exceeds the seed spread (Welch |t| = {statistic(abs(head['t']))} > {SPREAD_T:g}), "
-                "so the two are distinguishable")
-    elif head["verdict"] == "within":
-        tail = (f"is within the seed spread (Welch |t| = {statistic(abs(head['t']))} ≤ {SPREAD_T:g}), "
-                "so the two are not distinguishable with these seeds")
+    p = p_value(head["p"])
+    test = (f"Welch's t = {statistic(head['t'])}, df = {statistic(head['df'])}, p {p if p.startswith('<') else '= ' + p}"
+            if head["t"] is not None else "")
+    if head["verdict"] == "significant":
+        tail = f"is significant ({test}; significant below {ALPHA:g}), so the two are distinguishable"
+    elif head["verdict"] == "not significant":
+        need = head["seeds_needed"]
+        tail = (f"is not significant ({test} ≥ {ALPHA:g}), so the two are not distinguishable with these seeds"
+                + (f"; about {need} seeds per variant would tell a difference of this size" if need else ""))
+    elif head["verdict"] == "more seeds":
+        tail = (f"cannot be judged with fewer than {MIN_SEEDS} seeds per variant ({test}), so the two are not "
+                "shown to be distinguishable; run more seeds")
     else:
         tail = ("cannot be weighed against the seed spread, which is unknown with fewer than 2 seeds, "
                 "so the two are not shown to be distinguishable")
