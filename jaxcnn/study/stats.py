@@ -130,7 +130,7 @@ def _comparisons(ranking: list[str], by_variant: dict[str, list[FinishedRun]]) -
 
 
 def _verdict(ranking: list[str], stats: dict[str, dict], head: dict | None) -> str:
-    """One sentence: the best variant and whether its lead over the runner-up exceeds the seed spread."""
+    """One sentence: the best variant and whether its lead over the runner-up is significant."""
     if not ranking:
         return "No run finished, so there is no ranking."
     best = ranking[0]
