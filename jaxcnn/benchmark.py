@@ -150,8 +150,9 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
         results.append(reference.benchmark_torch(config, images, labels, epochs, num_classes))
         versions += f", {reference.describe()}"
         reference_skipped = None
-    setup = (f"{config.model.name} variant {config.variant} ({config.optim.name}, "
-             f"{config.model.get('activation', 'relu')}, lr {config.optim.learning_rate}, "
+    activation = f"{config.model.activation}, " if "activation" in config.model else ""
+    setup = (f"{config.model.name} variant {config.variant} ({config.optim.name}, {activation}"
+             f"lr {config.optim.learning_rate}, "
              f"batch {config.train.batch_size}) on {dataset.name}: "
              f"{len(labels) // config.train.batch_size * config.train.batch_size:,} images/epoch, "
              f"median of {epochs} epochs")

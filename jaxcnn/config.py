@@ -13,7 +13,7 @@ import importlib.util
 import json
 import math
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -83,22 +83,30 @@ def leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-def set_key(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
-    """Sets dotted `key` of a locked config to `value` with ml_collections' own checks (unknown key,
-    type; an int for a float and a list for a tuple are converted), each refusal one ConfigError line.
+def set_keys(config: ml_collections.ConfigDict, items: Iterable[tuple[str, Any]], where: str,
+             aliases: Sequence[str] = ()) -> None:
+    """Sets dotted keys of a locked config with ml_collections' own type checks (an int for a float and
+    a list for a tuple are converted); an unknown key or a wrong type is one ConfigError line, naming
+    the valid keys (and `aliases`).
 
-    `model.name` first replaces the whole `model` section by that architecture's keys and defaults
-    (`jaxcnn.models.model_config`, keeping `model.dtype`): each model has its own keys."""
-    if key == "model.name":
-        if value != config.model.name:
-            with config.unlocked():
-                config.model = model_config(value, config.model.dtype)
-            config.lock()
-        return
+    `model.name` goes first and replaces the whole `model` section by that architecture's keys and
+    defaults (`jaxcnn.models.model_config`, keeping `model.dtype`): each model has its own keys."""
+    for key, value in sorted(items, key=lambda kv: kv[0] != "model.name"):
+        if key == "model.name":
+            if value != config.model.name:
+                with config.unlocked():
+                    config.model = model_config(value, config.model.dtype)
+                config.lock()
+            continue
+        if key not in leaf_keys(config):
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: "
+                              f"{', '.join(sorted(aliases) + leaf_keys(config))}")
+        _set_leaf(config, key, value, where)
+
+
+def _set_leaf(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
     try:
         config.update_from_flattened_dict({key: value})
-    except KeyError:
-        raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(leaf_keys(config))}") from None
     except TypeError:
         node = config
         for name in key.split("."):
@@ -133,7 +141,7 @@ def build_config(
     aliases = dict(aliases or {})
     flags = dict(flags or {})
     config = base()
-    config.lock()  # no new keys: set_key refuses unknown ones
+    config.lock()  # no new keys: set_keys refuses unknown ones
     parts = split_arg(arg or "")
     variant = default_variant
     if parts and "=" not in parts[0] and parts[0] not in flags:
@@ -142,25 +150,19 @@ def build_config(
         raise ConfigError(
             f"{source}: unknown variant {variant!r}; valid variants: {', '.join(variants)}")
     config.variant = variant
-    for key, value in variants[variant].items():
-        set_key(config, key, value, f"{source}:{variant}")
+    set_keys(config, variants[variant].items(), f"{source}:{variant}")
     overrides = []
     for part in parts:
         if "=" in part:
             key, text = part.split("=", 1)
             overrides.append((aliases.get(key.strip(), key.strip()), parse_value(text.strip())))
         elif part in flags:
-            for key, value in flags[part].items():
-                set_key(config, key, value, f"{source}:{part}")
+            set_keys(config, flags[part].items(), f"{source}:{part}")
         else:
             raise ConfigError(
                 f"{source}: {part!r} is neither key=value nor a flag; valid flags: "
                 f"{', '.join(flags) or 'none'} (the variant, if any, comes first)")
-    for key, value in sorted(overrides, key=lambda kv: kv[0] != "model.name"):  # the model's own keys after it
-        if key != "model.name" and key not in leaf_keys(config):
-            raise ConfigError(f"{source}: unknown key {key!r}; valid keys: "
-                              f"{', '.join(sorted(aliases) + leaf_keys(config))}")
-        set_key(config, key, value, source)
+    set_keys(config, overrides, source, aliases)
     config.unlock()
     return config
 

@@ -12,12 +12,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.config import stored_config
-from jaxcnn.convert.store import is_converted, read_meta, restore_converted
+from jaxcnn.convert.store import build_from_record, is_converted, read_meta, restore_converted
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import load_image
 from jaxcnn.errors import ConfigError
-from jaxcnn.models import build_model
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_predict_fn
 
@@ -61,13 +59,13 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
     """
     if is_converted(workdir):
         meta = read_meta(workdir)
-        model, config = _build(meta, dtype)
+        model, config = build_from_record(meta, dtype)
         restore_converted(workdir, model, meta)
     else:
         checkpoints = Checkpoints(workdir, read_only=True)
         try:
             epoch, meta = _run_checkpoint(workdir, checkpoints, epoch)
-            model, config = _build(meta, dtype)
+            model, config = build_from_record(meta, dtype)
             checkpoints.restore(epoch, model, meta=meta)
         finally:
             checkpoints.close()
@@ -89,15 +87,6 @@ def _run_checkpoint(workdir: str | pathlib.Path, checkpoints: Checkpoints,
     if epoch not in checkpoints.epochs():
         raise ConfigError(f"{workdir}: no checkpoint for epoch {epoch}; kept: {checkpoints.epochs()}")
     return epoch, checkpoints.meta(epoch)
-
-
-def _build(meta: dict[str, Any], dtype: str | None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """The model a checkpoint's record describes (`config`, `num_classes`), to restore into, and its config."""
-    config = stored_config(meta["config"])  # a run of an earlier version: read with today's keys
-    if dtype is not None:
-        config.model.dtype = dtype
-    return build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
-                       config.seed), config
 
 
 def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:

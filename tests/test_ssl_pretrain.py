@@ -15,7 +15,7 @@ from jaxcnn.data.dataset import label_subset
 from jaxcnn.errors import ConfigError, TrainingDivergedError
 from jaxcnn.models import build_model
 from jaxcnn.ssl import pretrain
-from jaxcnn.convert.store import VARIABLES
+from jaxcnn.train.checkpoint import VARIABLES
 from jaxcnn.ssl.trunk import load_trunk
 from jaxcnn.train import init
 from jaxcnn.train.trainer import Trainer

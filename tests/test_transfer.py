@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcnn.convert.store import VARIABLES, save_converted
+from jaxcnn.convert.store import save_converted
+from jaxcnn.train.checkpoint import VARIABLES
 from jaxcnn.data import load_dataset
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config

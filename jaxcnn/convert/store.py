@@ -16,11 +16,9 @@ from flax import nnx
 from jaxcnn.config import default_config, stored_config
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config
-from jaxcnn.train import checkpoint
 from jaxcnn.train.checkpoint import (earlier_format, is_weights, read_earlier_meta, read_weights_meta,
                                      refuse_earlier_format, restore_weights, save_weights)
 
-VARIABLES = checkpoint.VARIABLES  # what converted weights hold: parameters and BatchNorm statistics
 CONVERT_AGAIN = "convert the weights again with scripts/convert_weights.py into a new directory"
 
 
@@ -68,12 +66,22 @@ def restore_converted(path: str | pathlib.Path, model: nnx.Module, meta: dict[st
     restore_weights(path, model, meta, CONVERT_AGAIN)
 
 
+def build_from_record(meta: dict[str, Any], dtype: str | None = None
+                      ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+    """The model a record describes (a run checkpoint's or converted weights': `config`, `num_classes`),
+    to restore into, and its config read with today's keys (`stored_config`); `dtype` overrides
+    `model.dtype`."""
+    config = stored_config(meta["config"])
+    if dtype is not None:
+        config.model.dtype = dtype
+    return build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
+                       config.seed), config
+
+
 def load_converted(path: str | pathlib.Path) -> tuple[nnx.Module, dict[str, Any]]:
     """The converted model (eval mode) and its record."""
     meta = read_meta(path)
-    config = stored_config(meta["config"])
-    model = build_model(config.model, meta["num_classes"], (*config.data.image_size, config.data.channels),
-                        config.seed)
+    model, _ = build_from_record(meta)
     restore_converted(path, model, meta)
     model.eval()
     return model, meta

@@ -173,13 +173,18 @@ def resize_matrix(in_hw: HW, out_hw: HW) -> jax.Array:
     return box_matrix((0, 0, in_hw[0], in_hw[1]), out_hw)
 
 
+def cover_scale(in_hw: HW, out_hw: HW, crop_pct: float) -> float:
+    """Output pixels per input pixel of the ImageNet evaluation resize: the image, aspect kept, covers
+    `out / crop_pct`."""
+    return max(out_hw[0] / in_hw[0], out_hw[1] / in_hw[1]) / crop_pct
+
+
 def center_crop_matrix(in_hw: HW, out_hw: HW, crop_pct: float) -> jax.Array:
     """ImageNet evaluation transform: scale keeping the aspect so that the image covers
     `out / crop_pct` (for a square output: shorter side -> out / crop_pct, e.g. 224 / 0.875 =
     256), then take the central `out_hw`. Equals resize-to-(in * f) then a central crop whenever
     that crop offset is a whole number of pixels."""
-    f = max(out_hw[0] / in_hw[0], out_hw[1] / in_hw[1]) / crop_pct  # output px per input px
-    s = 1.0 / f
+    s = 1.0 / cover_scale(in_hw, out_hw, crop_pct)
     cy = (in_hw[0] - 1) / 2 - (out_hw[0] - 1) / 2 * s
     cx = (in_hw[1] - 1) / 2 - (out_hw[1] - 1) / 2 * s
     return jnp.array([[s, 0.0, cy], [0.0, s, cx]], jnp.float32)
@@ -273,7 +278,7 @@ def eval_resize(x: jax.Array, out_hw: HW, eval_crop_pct: float = 0.0) -> jax.Arr
     out_h, out_w = (int(v) for v in out_hw)
     if not eval_crop_pct:
         return jax.image.resize(x, (n, out_h, out_w, c), "bilinear", antialias=True)
-    f = max(out_h / h, out_w / w) / eval_crop_pct  # output px per input px, both axes
+    f = cover_scale((h, w), (out_h, out_w), eval_crop_pct)
     # scale_and_translate maps input to output coordinates, out = in * f + t: centre to centre.
     translation = jnp.array([(out_h - f * h) / 2, (out_w - f * w) / 2], jnp.float32)
     return jax.image.scale_and_translate(x, (n, out_h, out_w, c), (1, 2),
@@ -307,9 +312,10 @@ def make_resample(data: Mapping) -> Callable[[jax.Array, "jax.Array | None"], ja
         if key is None or not augmented:
             return eval_resize(x, out_hw, crop_pct)
         u = jax.random.uniform(key, (x.shape[0], 2 + RRC_UNIFORMS), jnp.float32)
-        matrices = random_matrices(in_hw, out_hw, base=eval_matrix(in_hw, out_hw, crop_pct), crop_u=u[:, 2:] if rrc else None,
-                                   scale=scale, ratio=ratio, flip_u=u[:, 0] if hflip else None,
-                                   angle_u=u[:, 1] if degrees else None, degrees=degrees)
+        matrices = random_matrices(in_hw, out_hw, base=eval_matrix(in_hw, out_hw, crop_pct),
+                                   crop_u=u[:, 2:] if rrc else None, scale=scale, ratio=ratio,
+                                   flip_u=u[:, 0] if hflip else None, angle_u=u[:, 1] if degrees else None,
+                                   degrees=degrees)
         sampler = affine_sample if degrees else axis_aligned_sample
         return sampler(x, matrices, out_hw)
 

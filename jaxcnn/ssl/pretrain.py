@@ -176,7 +176,7 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
         for note in [*notes, *([f"resuming the pretraining after epoch {start} ({work})"] if start else [])]:
             print(f"note: {note}", file=sys.stderr)
         losses = _epochs(method, model, optimizer, objective, images, config, key, progress, checkpoints, start,
-                         record, mesh)
+                         record, settings, mesh)
     finally:
         checkpoints.close()  # waits for the last save
     earlier = record.get("seconds", 0.0)
@@ -191,9 +191,9 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
 
 def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective, images: jax.Array,
             config: ml_collections.ConfigDict, key: jax.Array, progress: bool, checkpoints: Checkpoints,
-            start: int, record: dict[str, Any], mesh) -> list[float]:
+            start: int, record: dict[str, Any], settings: dict[str, Any], mesh) -> list[float]:
     """Epochs `start`+1.. of the pretraining, each checkpointed; returns the loss of every epoch."""
-    ssl, settings = config.ssl, pretrain_settings(config)
+    ssl = config.ssl
     n, batch = len(images), ssl.batch_size
     t0, earlier = time.perf_counter(), record.get("seconds", 0.0)
     graphdef, state = nnx.split((model, optimizer))

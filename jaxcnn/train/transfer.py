@@ -13,7 +13,8 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
-from jaxcnn.convert.store import VARIABLES, load_converted, read_meta
+from jaxcnn.convert.store import load_converted, read_meta
+from jaxcnn.train.checkpoint import VARIABLES
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import MODELS, model_module
 
