@@ -17,7 +17,8 @@ subset (any classes in 0..9; the CIFAR ids do not exist there): the gray 28×28 
 to 3 channels and resized to 32×32 on the device (for 28×28 gray inputs instead add
 `data.channels=1,data.image_size=[28,28],data.mean=[0.1307],data.std=[0.3081]`).
 SGD with momentum 0.9 and learning rate 5e-3 as in the study; its batch size and epochs are not
-stated, 32 and 30 are our defaults.
+stated, 32 and 30 are our defaults. The weights start as PyTorch's defaults (`model.init=torch`), as
+in the PyTorch study; `model.init=flax` for Flax's.
 """
 
 from jaxcnn.config import COMMON_ALIASES, SMOKE_FLAG, build_config, default_config
@@ -43,7 +44,7 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     config.data.mean = (0.5074, 0.4867, 0.4411)
     config.data.std = (0.2011, 0.1987, 0.2025)
     # relu, max pooling, first_stride 1, hidden 32 (channels of the first conv; the second has twice as many)
-    config.model = model_config("pooling_cnn")
+    config.model = model_config("pooling_cnn", init="torch")  # the study ran in PyTorch: its initialisation
     config.optim.name = "sgd"
     config.optim.learning_rate = 5e-3
     config.optim.momentum = 0.9

@@ -48,6 +48,9 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     import ml_collections
 
     config = default_config()
+    # The study ran in PyTorch: random weights (scratch, and every new head) start as torchvision's,
+    # BatchNorm running variances update as PyTorch's (unbiased batch variance).
+    config.model.init = "torch"
     config.data.channels = 3
     config.data.image_size = (224, 224)
     config.data.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, as the pretrained weights expect

@@ -90,12 +90,12 @@ def set_keys(config: ml_collections.ConfigDict, items: Iterable[tuple[str, Any]]
     the valid keys (and `aliases`).
 
     `model.name` goes first and replaces the whole `model` section by that architecture's keys and
-    defaults (`jaxcnn.models.model_config`, keeping `model.dtype`): each model has its own keys."""
+    defaults (`jaxcnn.models.model_config`, keeping `model.dtype` and `model.init`): each model has its own keys."""
     for key, value in sorted(items, key=lambda kv: kv[0] != "model.name"):
         if key == "model.name":
             if value != config.model.name:
                 with config.unlocked():
-                    config.model = model_config(value, config.model.dtype)
+                    config.model = model_config(value, config.model.dtype, config.model.init)
                 config.lock()
             continue
         if key not in leaf_keys(config):
@@ -197,8 +197,9 @@ def default_config() -> ml_collections.ConfigDict:
         hflip=False,  # train augmentation: horizontal flip with probability 0.5
         rotation=0.0,  # train augmentation: rotation by ± this many degrees (uniform)
     ))
-    # name, dtype (float32, or bfloat16: bf16 compute, float32 parameters and logits) and the keys of
-    # that architecture (`jaxcnn.models`); `model.name=...` switches to another architecture's keys.
+    # name, dtype (float32, or bfloat16: bf16 compute, float32 parameters and logits), init (torch:
+    # PyTorch's default initialisation and BatchNorm statistics; flax: Flax's) and the keys of that
+    # architecture (`jaxcnn.models`); `model.name=...` switches to another architecture's keys.
     config.model = model_config("lenet5")
     config.optim = ml_collections.ConfigDict(dict(
         name="adam",  # adam | adamw | sgd

@@ -4,7 +4,8 @@ Each model module exports its `nnx.Module` class and the facts the rest of jaxcn
 `DEFAULTS` (its `model.*` config keys with their defaults), `HEAD` (the classifier's module path,
 replaced for a new class count), `TORCH_NAMES` (Flax path prefix -> PyTorch state-dict prefix;
 None: no PyTorch weights to convert), `FROZEN_TRAINS` (the path that trains under
-`transfer.mode=frozen`; None: not defined) and `build(cfg, num_classes, input_shape, dtype, rngs)`.
+`transfer.mode=frozen`; None: not defined), `TORCH_CONV_INIT` (how PyTorch initialises its
+convolutions under `model.init=torch`: `layers.torch_init`) and `build(cfg, num_classes, input_shape, dtype, rngs)`.
 A new architecture is one new module and one line in `MODELS`.
 """
 
@@ -18,6 +19,7 @@ from flax import nnx
 
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import alexnet, lenet, pooling, resnet, ssl_cnn
+from jaxcnn.models.layers import INITS, torch_init
 
 MODELS: dict[str, ModuleType] = {"lenet5": lenet, "pooling_cnn": pooling, "resnet18": resnet, "resnet34": resnet,
                                  "alexnet": alexnet, "ssl_cnn": ssl_cnn}
@@ -31,23 +33,29 @@ def model_module(name: str) -> ModuleType:
     return MODELS[name]
 
 
-def model_config(name: str, dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The `model` section of a config for architecture `name`: its name, dtype and its own keys."""
-    return ml_collections.ConfigDict(dict(name=name, dtype=dtype, **model_module(name).DEFAULTS))
+def model_config(name: str, dtype: str = "float32", init: str = "flax") -> ml_collections.ConfigDict:
+    """The `model` section of a config for architecture `name`: its name, dtype, initialisation
+    (`init`: torch = PyTorch's defaults, flax = Flax's; `layers.torch_init`) and its own keys."""
+    return ml_collections.ConfigDict(dict(name=name, dtype=dtype, init=init, **model_module(name).DEFAULTS))
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: tuple[int, int, int],
                 seed: int) -> nnx.Module:
-    """Builds `cfg.name` for `num_classes` and NHWC `input_shape` (without batch), params from `seed`.
-    A value the model refuses is a ConfigError naming the key."""
+    """Builds `cfg.name` for `num_classes` and NHWC `input_shape` (without batch), params from `seed`
+    and initialised as `cfg.init` says. A value the model refuses is a ConfigError naming the key."""
     module = model_module(cfg.name)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"config model.dtype={cfg.dtype!r} is not valid; valid values: {', '.join(DTYPES)}")
+    if cfg.init not in INITS:
+        raise ConfigError(f"config model.init={cfg.init!r} is not valid; valid values: {', '.join(INITS)}")
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     try:
-        return module.build(cfg, num_classes, tuple(input_shape), DTYPES[cfg.dtype],
-                            nnx.Rngs(params=seed, dropout=seed + 1))
+        model = module.build(cfg, num_classes, tuple(input_shape), DTYPES[cfg.dtype], rngs)
     except ValueError as e:
         raise ConfigError(f"config {e}") from None
+    if cfg.init == "torch":
+        torch_init(model, rngs.params(), module.TORCH_CONV_INIT)
+    return model
 
 
 def count_params(model: nnx.Module) -> int:

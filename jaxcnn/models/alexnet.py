@@ -22,6 +22,7 @@ POOL_AFTER = (0, 1, 4)  # MaxPool2d(3, 2) after these convs
 DEFAULTS = {"dropout": 0.5}  # the classifier's dropout, as torchvision's
 HEAD = ("fcs", 2)
 FROZEN_TRAINS = "fcs"  # the study's frozen AlexNet trains its three dense layers, not `features`
+TORCH_CONV_INIT = "default"  # model.init=torch: torchvision's AlexNet keeps PyTorch's defaults
 
 
 def max_pool_3x3_s2_valid(x: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ DEFAULTS = {"activation": "relu", "pooling": "avg", "extra_conv_layers": 0}
 HEAD = ("fc3",)
 TORCH_NAMES = None  # no pretrained PyTorch weights to convert
 FROZEN_TRAINS = None
+TORCH_CONV_INIT = "default"  # model.init=torch: PyTorch's default Conv init (layers.torch_init)
 
 
 class LeNet5(nnx.Module):

@@ -14,6 +14,7 @@ DEFAULTS = {"activation": "relu", "pooling": "max", "hidden": 32, "first_stride"
 HEAD = ("fc",)
 TORCH_NAMES = None
 FROZEN_TRAINS = None
+TORCH_CONV_INIT = "default"  # model.init=torch: PyTorch's default Conv init (layers.torch_init)
 POOL_SIZE = 4
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
+from jaxcnn.models.layers import BatchNorm
 
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
@@ -20,10 +20,7 @@ DEFAULTS: dict = {}  # model.name (resnet18 | resnet34) gives the depth
 HEAD = ("fc",)
 TORCH_NAMES: dict[str, str] = {}  # attribute names follow timm/torchvision: state-dict keys match as they are
 FROZEN_TRAINS = "fc"  # a fixed feature extractor: only the classifier trains
-
-
-def batch_norm(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
+TORCH_CONV_INIT = "kaiming_normal_fan_out"  # model.init=torch: as torchvision's ResNet (fc: the Linear default)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -36,15 +33,15 @@ class BasicBlock(nnx.Module):
     def __init__(self, in_features: int, features: int, stride: int, *, dtype=None, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(in_features, features, (3, 3), strides=stride, padding=((1, 1), (1, 1)),
                               use_bias=False, dtype=dtype, rngs=rngs)
-        self.bn1 = batch_norm(features, dtype, rngs)
+        self.bn1 = BatchNorm(features, dtype=dtype, rngs=rngs)
         self.conv2 = nnx.Conv(features, features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype,
                               rngs=rngs)
-        self.bn2 = batch_norm(features, dtype, rngs)
+        self.bn2 = BatchNorm(features, dtype=dtype, rngs=rngs)
         if stride != 1 or in_features != features:
             self.downsample = nnx.List([
                 nnx.Conv(in_features, features, (1, 1), strides=stride, padding="VALID", use_bias=False,
                          dtype=dtype, rngs=rngs),
-                batch_norm(features, dtype, rngs)])
+                BatchNorm(features, dtype=dtype, rngs=rngs)])
         else:
             self.downsample = None
 
@@ -70,7 +67,7 @@ class ResNet(nnx.Module):
             raise ValueError(f"ResNet depth={depth!r} is not valid; valid values: {', '.join(map(str, DEPTHS))}")
         self.conv1 = nnx.Conv(in_channels, 64, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
                               dtype=dtype, rngs=rngs)
-        self.bn1 = batch_norm(64, dtype, rngs)
+        self.bn1 = BatchNorm(64, dtype=dtype, rngs=rngs)
         in_features = 64
         for stage, (blocks, features) in enumerate(zip(DEPTHS[depth], WIDTHS), 1):
             layer = []

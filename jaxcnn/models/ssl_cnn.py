@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM, pool
+from jaxcnn.models.layers import BatchNorm, pool
 
 # dropout 0.3: the value the SSL study's runs used (configs/ssl_init.py); the class default was 0.25.
 DEFAULTS = {"widths": (16, 32, 64), "hidden": 128, "dropout": 0.3, "probe": False}
 HEAD = ("head2",)  # ("head",) for a linear probe
 TORCH_NAMES = None
 FROZEN_TRAINS = None
+TORCH_CONV_INIT = "default"  # model.init=torch: PyTorch's default Conv init (layers.torch_init)
 LEAKY_SLOPE = 0.1
 HEAD_DROPOUT = 0.5
 
@@ -38,8 +39,7 @@ class SSLTrunk(nnx.Module):
         ins = (in_channels, *widths[:-1])
         self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
                                for i, o in zip(ins, widths)])
-        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
-                             for o in widths])
+        self.bns = nnx.List([BatchNorm(o, dtype=dtype, rngs=rngs) for o in widths])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

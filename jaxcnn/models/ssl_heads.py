@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from jaxcnn.models.layers import BN_EPSILON, BN_MOMENTUM
+from jaxcnn.models.layers import BatchNorm
 from jaxcnn.models.ssl_cnn import leaky_relu
 
 
@@ -18,7 +18,7 @@ class Decoder(nnx.Module):
         ins = tuple(reversed(widths))
         outs = (*ins[1:], widths[0])
         self.convs = nnx.List([nnx.Conv(i, o, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs) for i, o in zip(ins, outs)])
-        self.bns = nnx.List([nnx.BatchNorm(o, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs) for o in outs])
+        self.bns = nnx.List([BatchNorm(o, rngs=rngs) for o in outs])
         self.out = nnx.Conv(widths[0], channels, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
 
     def __call__(self, z: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
