@@ -40,6 +40,31 @@ def train_cli(workdir: pathlib.Path, arg: str = SMALL, **kw) -> subprocess.Compl
     return cli("train.py", "--config", f"configs/lenet.py:{arg}", "--workdir", str(workdir), **kw)
 
 
+_SOURCES = {}
+
+
+def torch_source(spec: str):
+    """`load_source(spec, pretrained=False)` (random weights, no download) with random BatchNorm running
+    statistics and affine parameters (fresh ones are 0/1, which would hide them), once per process."""
+    if spec not in _SOURCES:
+        import torch
+
+        from jaxcnn.convert.sources import load_source
+
+        torch.manual_seed(0)
+        src = load_source(spec, pretrained=False)
+        with torch.no_grad():
+            for m in src.torch_model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+        src.state_dict = {k: v.detach().numpy() for k, v in src.torch_model.state_dict().items()}
+        _SOURCES[spec] = src
+    return _SOURCES[spec]
+
+
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     """The single `error: ...` line of a failed command, which must print no traceback."""
     assert proc.returncode != 0, proc.stdout[-2000:]

@@ -20,27 +20,10 @@ from jaxcnn.convert.sources import load_source  # noqa: E402
 from jaxcnn.convert.store import converted_config, load_converted  # noqa: E402
 from jaxcnn.errors import ConversionError
 from jaxcnn.models import build_model  # noqa: E402
+from tests.helpers import torch_source as source  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-4
-SOURCES = {}
-
-
-def source(spec):
-    if spec not in SOURCES:
-        torch.manual_seed(0)
-        src = load_source(spec, pretrained=False)
-        # random BN statistics, so the parity check covers running mean/var (fresh ones are 0/1)
-        with torch.no_grad():
-            for m in src.torch_model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.5, 0.5)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.5, 0.5)
-        src.state_dict = {k: v.detach().numpy() for k, v in src.torch_model.state_dict().items()}
-        SOURCES[spec] = src
-    return SOURCES[spec]
 
 
 def batch(size, seed=0):
