@@ -4,7 +4,9 @@ The graph is `logits = model(images)` for float32 NHWC images already normalised
 (`uint8 / 255`, then `(x - mean) / std` per channel), batch dimension dynamic (`"B"`), the model
 state (parameters, BatchNorm statistics) baked in as constants, eval mode, float32 compute (a run
 trained with `model.dtype=bfloat16` is exported in float32: onnxruntime's CPU Conv has no bf16).
-`preprocess.json` says how to feed it: size, channels, scaling, mean/std, class names, source.
+`preprocess.json` says how to feed it: size, channels, the resize and crop (`interpolation`,
+`resize_size`, `crop_mode`, `crop_pct`, and the arithmetic in `note`: for converted weights exactly
+their library's eval transform), scaling, mean/std, class names, source.
 
 Exporter: jax2onnx (0.17.1), installed with `pip install --no-deps jax2onnx` because its metadata
 pins orbax-checkpoint<0.11.37 (it never imports orbax). Two of its bugs are worked around here:
@@ -20,12 +22,11 @@ import logging
 import pathlib
 from typing import Any
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from jaxcnn.errors import ConfigError
-from jaxcnn.predict import restore_model
+from jaxcnn.predict import Restored, restore_model
 
 FORMATS = ("onnx",)
 MODEL_ONNX, PREPROCESS_JSON = "model.onnx", "preprocess.json"
@@ -40,17 +41,28 @@ def load_model(workdir: str | pathlib.Path, epoch: int | None = None) -> tuple[n
       ConfigError: no checkpoints, no checkpoint for `epoch`, or a model name that is not registered.
     """
     r = restore_model(workdir, epoch, dtype="float32")  # bf16 compute is not exported (see above)
-    crop_pct = r.crop_pct if r.epoch is None else r.config.data.get("eval_crop_pct")
-    return r.model, _info(r.config, r.class_names, r.input_shape, r.epoch, crop_pct)
+    return r.model, _info(r)
 
 
-def _info(config: ml_collections.ConfigDict, class_names, stored_shape, epoch, crop_pct) -> dict[str, Any]:
-    channels = config.data.channels
+def _info(r: Restored) -> dict[str, Any]:
+    config, channels = r.config, r.config.data.channels
+    if r.crop is not None:  # converted weights: as jaxcnn.predict reads images for them
+        resize = {"crop_pct": r.crop.crop_pct, "interpolation": r.crop.interpolation,
+                  "resize_size": list(r.crop.resize_size), "crop_mode": r.crop.crop_mode,
+                  "note": "read the image as RGB (upright: EXIF orientation applied; transparent pixels over "
+                          f"black), {r.crop.describe(tuple(config.data.image_size))}; then x = (pixels / 255 - "
+                          "mean) / std. PyTorch equivalent: the source library's eval transform"}
+    else:
+        resize = {"crop_pct": config.data.get("eval_crop_pct"), "interpolation": "bilinear", "resize_size": None,
+                  "crop_mode": None,
+                  "note": "read an image as the run stored them (stored_image_shape; a centre crop of crop_pct "
+                          "first when set), convert it to `channels` and resize it to image_size (bilinear) "
+                          "where they differ, then x = (pixels / 255 - mean) / std"}
     return {"architecture": config.model.name, "image_size": list(config.data.image_size), "channels": channels,
             "mean": np.broadcast_to(config.data.mean, channels).tolist(),
             "std": np.broadcast_to(config.data.std, channels).tolist(),
-            "stored_image_shape": list(stored_shape), "crop_pct": crop_pct, "class_names": list(class_names),
-            "epoch": epoch}
+            "stored_image_shape": list(r.input_shape), "class_names": list(r.class_names), "epoch": r.epoch,
+            **resize}
 
 
 def to_onnx(model: nnx.Module, input_shape: tuple[int, int, int]):
@@ -83,10 +95,7 @@ def export(workdir: str | pathlib.Path, fmt: str = "onnx", out: str | pathlib.Pa
     (out / MODEL_ONNX).write_bytes(proto.SerializeToString())
     preprocess = {"format": fmt, "file": MODEL_ONNX, "input": "images", "output": "logits", "layout": "NHWC",
                   "dtype": "float32", "batch": "dynamic", "scale": "uint8 / 255", **info,
-                  "workdir": str(pathlib.Path(workdir).absolute()),
-                  "note": "read an image as the run stored them (stored_image_shape; a centre crop of "
-                          "crop_pct first when set), convert it to `channels` and resize it to image_size "
-                          "(bilinear) where they differ, then x = (pixels / 255 - mean) / std"}
+                  "workdir": str(pathlib.Path(workdir).absolute())}
     (out / PREPROCESS_JSON).write_text(json.dumps(preprocess, indent=2) + "\n")
     return out
 

@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcnn.convert.store import build_from_record, is_converted, read_meta, restore_converted
+from jaxcnn.convert.store import build_from_record, eval_crop, is_converted, read_meta, restore_converted
 from jaxcnn.data.device import make_preprocess
-from jaxcnn.data.images import load_image
+from jaxcnn.data.images import EvalCrop, load_image
 from jaxcnn.errors import ConfigError
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_predict_fn
@@ -28,11 +28,12 @@ class Predictor:
     input_shape: tuple[int, int, int]  # the stored images' (H, W, C), before device preprocessing
     epoch: int | None  # None: converted weights
     probabilities: callable  # uint8 (N, H, W, C) -> (N, classes)
-    crop_pct: float | None = None  # ImageNet-style resize + centre crop (converted weights)
+    crop: EvalCrop | None = None  # converted weights: their library's eval resize + centre crop
 
     def load(self, path: str | pathlib.Path, invert: bool = False) -> np.ndarray:
-        """Reads a file as the training images were stored (size, channels); raises ImageError."""
-        image = load_image(path, self.input_shape[:2], self.input_shape[2], self.crop_pct)
+        """Reads a file as the training images were stored (size, channels), or for converted weights
+        as their library's eval transform crops it; raises ImageError."""
+        image = load_image(path, self.input_shape[:2], self.input_shape[2], self.crop)
         return 255 - image if invert else image
 
 
@@ -45,7 +46,11 @@ class Restored:
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int]  # the stored images' (H, W, C)
     epoch: int | None  # None: converted weights
-    crop_pct: float | None  # converted weights: ImageNet resize + centre crop
+    crop: EvalCrop | None  # converted weights: their library's eval resize + centre crop
+
+    @property
+    def crop_pct(self) -> float | None:
+        return None if self.crop is None else self.crop.crop_pct
 
 
 def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: str | None = None) -> Restored:
@@ -53,14 +58,16 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
     by scripts/convert_weights.py. `dtype` overrides the run's `model.dtype` (same float32 parameters).
 
     Raises:
-      ConfigError: no checkpoints in `workdir`, no checkpoint for `epoch`, `epoch` < 1, or converted
-        weights of an earlier jaxcnn.
+      ConfigError: no checkpoints in `workdir`, no checkpoint for `epoch`, `epoch` < 1, converted
+        weights of an earlier jaxcnn or with an eval transform that is not valid (`eval_crop`).
       DamagedCheckpoint: the checkpoint does not restore or match its checksum.
     """
+    crop = None
     if is_converted(workdir):
         meta = read_meta(workdir)
         model, config = build_from_record(meta, dtype)
         restore_converted(workdir, model, meta)
+        crop = eval_crop(meta, workdir)
     else:
         checkpoints = Checkpoints(workdir, read_only=True)
         try:
@@ -70,8 +77,7 @@ def restore_model(workdir: str | pathlib.Path, epoch: int | None = None, dtype: 
         finally:
             checkpoints.close()
     model.eval()
-    return Restored(model, config, tuple(meta["class_names"]), tuple(meta["input_shape"]), epoch,
-                    meta.get("crop_pct"))
+    return Restored(model, config, tuple(meta["class_names"]), tuple(meta["input_shape"]), epoch, crop)
 
 
 def _run_checkpoint(workdir: str | pathlib.Path, checkpoints: Checkpoints,
@@ -92,15 +98,15 @@ def _run_checkpoint(workdir: str | pathlib.Path, checkpoints: Checkpoints,
 def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Predictor:
     """The predictor of `restore_model(workdir, epoch)`: its preprocessing and class names."""
     r = restore_model(workdir, epoch)
-    return _predictor(r.model, r.config, r.class_names, r.input_shape, r.epoch, r.crop_pct)
+    return _predictor(r.model, r.config, r.class_names, r.input_shape, r.epoch, r.crop)
 
 
 def _predictor(model: nnx.Module, config: ml_collections.ConfigDict, class_names: tuple[str, ...],
-               input_shape: tuple[int, int, int], epoch: int | None, crop_pct: float | None = None) -> Predictor:
+               input_shape: tuple[int, int, int], epoch: int | None, crop: EvalCrop | None = None) -> Predictor:
     graphdef, state = nnx.split(model)
     predict_fn = make_predict_fn(graphdef, make_preprocess(config.data))
     return Predictor(class_names, input_shape, epoch,
-                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop_pct)
+                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop)
 
 
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:

@@ -2,7 +2,9 @@
 `python scripts/export.py --workdir runs/lenet3 --format onnx [--out DIR] [--epoch N]`.
 
 Writes `OUT/model.onnx` (float32 logits of normalised NHWC images, dynamic batch) and
-`OUT/preprocess.json` (image size, channels, uint8/255 scaling, mean, std, class names, source);
+`OUT/preprocess.json` (image size, channels, the resize and crop - for converted weights their library's
+eval transform: interpolation, resize_size, crop_mode, crop_pct and the arithmetic in `note` -, uint8/255
+scaling, mean, std, class names, source);
 OUT defaults to WORKDIR/export. Needs the `export` extra and jax2onnx (see jaxcnn/export.py).
 """
 

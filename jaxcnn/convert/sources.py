@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.data.images import CROP_MODES, RESAMPLING, EvalCrop
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import MODELS
 from jaxcnn.download import check_reachable, download_failed
@@ -37,9 +38,11 @@ class Source:
     input_size: tuple[int, int, int]  # (C, H, W) as timm writes it
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: str
+    interpolation: str  # the eval transform's resize filter (a key of jaxcnn.data.images.RESAMPLING)
     crop_pct: float
     class_names: tuple[str, ...]
+    resize_size: tuple[int, int]  # (h, w) the eval transform resizes to before its centre crop
+    crop_mode: str  # timm's crop_mode (torchvision: always center)
     torch_model: Any = None  # the eval-mode PyTorch module (for parity checks)
 
     def meta(self) -> dict[str, Any]:
@@ -144,9 +147,13 @@ def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = Tru
             if not download:
                 raise
             raise download_failed(f"the weights of {spec}", e, OFFLINE_ADVICE) from None
-        cfg = model.pretrained_cfg
-        input_size, mean, std = tuple(cfg.get("input_size", (3, 224, 224))), cfg["mean"], cfg["std"]
-        interpolation, crop_pct = cfg.get("interpolation", "bilinear"), float(cfg.get("crop_pct", 0.875))
+        from timm.data import resolve_data_config
+
+        # what timm.data.create_transform(**resolve_data_config({}, model=model)) evaluates with
+        cfg = resolve_data_config({}, model=model)
+        input_size, mean, std, interpolation = cfg["input_size"], cfg["mean"], cfg["std"], cfg["interpolation"]
+        crop_pct, crop_mode = float(cfg["crop_pct"]), cfg["crop_mode"]
+        resize_size = EvalCrop.timm_resize_size(input_size[1:], crop_pct)
         num_classes = model.num_classes
         names = _imagenet_names_timm() if num_classes == 1000 else tuple(str(i) for i in range(num_classes))
     else:
@@ -168,9 +175,14 @@ def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = Tru
         crop = transforms.crop_size[0]
         input_size, mean, std = (3, crop, crop), tuple(transforms.mean), tuple(transforms.std)
         interpolation = transforms.interpolation.value
-        crop_pct = crop / transforms.resize_size[0]
+        crop_pct, crop_mode = crop / transforms.resize_size[0], "center"
+        resize_size = (transforms.resize_size[0],) * 2  # Resize(int): the shorter side
         names = tuple(meta["categories"])
         num_classes = len(names)
+    if interpolation not in RESAMPLING or crop_mode not in CROP_MODES:
+        raise ConfigError(f"--source {spec!r}: its eval transform (interpolation {interpolation!r}, crop_mode "
+                          f"{crop_mode!r}) is not one jaxcnn reproduces; valid: interpolation "
+                          f"{', '.join(RESAMPLING)}; crop_mode {', '.join(CROP_MODES)}")
     if checkpoint is not None:
         state = _read_checkpoint(checkpoint)
         try:
@@ -181,4 +193,4 @@ def load_source(spec: str, checkpoint: str | None = None, pretrained: bool = Tru
     state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     return Source(spec, architecture, state_dict, num_classes, tuple(int(x) for x in input_size),
                   tuple(float(x) for x in mean), tuple(float(x) for x in std), str(interpolation), crop_pct,
-                  names, model)
+                  names, tuple(int(x) for x in resize_size), crop_mode, model)

@@ -1,7 +1,8 @@
 """Converted weights on disk: one Orbax checkpoint `OUT/{model,meta}` (`jaxcnn.train.checkpoint.save_weights`).
 
 The record holds what rebuilds and feeds the model: source, architecture, num_classes, input_size
-(C, H, W), mean, std, interpolation, crop_pct, class_names, and the checksum of the weights.
+(C, H, W), mean, std, the eval transform of the source library (interpolation, crop_pct, resize_size,
+crop_mode: `eval_crop`), class_names, and the checksum of the weights.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ml_collections
 from flax import nnx
 
 from jaxcnn.config import default_config, stored_config
+from jaxcnn.data.images import CROP_MODES, RESAMPLING, EvalCrop
 from jaxcnn.errors import ConfigError
 from jaxcnn.models import build_model, model_config
 from jaxcnn.train.checkpoint import (earlier_format, is_weights, read_earlier_meta, read_weights_meta,
@@ -56,6 +58,42 @@ def converted_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
     config.data.image_size, config.data.channels = (height, width), channels
     config.data.mean, config.data.std = tuple(meta["mean"]), tuple(meta["std"])
     return config
+
+
+def eval_crop(meta: dict[str, Any], path: str | pathlib.Path) -> EvalCrop:
+    """How predict resizes and crops an image for the converted weights at `path` (record `meta`): as the
+    source library's eval transform does (`jaxcnn.data.images.EvalCrop`).
+
+    Records written before `resize_size` and `crop_mode` were recorded get them as their library computes
+    them: torchvision's resize_size is round(crop / crop_pct) (its crop_pct was crop / resize_size), any
+    other source's timm's floor(size / crop_pct); crop_mode "center" (torchvision's only mode, timm's
+    default and that of all its ResNet weights).
+
+    Raises:
+      ConfigError: an interpolation, crop_mode or crop_pct that is not valid.
+    """
+    height, width = meta["input_size"][1:]
+    crop_pct, crop_mode = meta.get("crop_pct"), meta.get("crop_mode", "center")
+    for key, value, valid in (("interpolation", meta.get("interpolation"), tuple(RESAMPLING)),
+                              ("crop_mode", crop_mode, CROP_MODES)):
+        if value not in valid:
+            raise ConfigError(f"{path}: {key}={value!r} in its record is not valid; valid values: "
+                              f"{', '.join(valid)}; {CONVERT_AGAIN}")
+    if not (isinstance(crop_pct, (int, float)) and crop_pct > 0):
+        raise ConfigError(f"{path}: crop_pct={crop_pct!r} in its record is not valid; valid values: numbers > 0; "
+                          f"{CONVERT_AGAIN}")
+    if "resize_size" in meta:
+        resize_size = meta["resize_size"]
+        if not (isinstance(resize_size, list) and len(resize_size) == 2
+                and all(isinstance(x, int) and x > 0 for x in resize_size)):
+            raise ConfigError(f"{path}: resize_size={resize_size!r} in its record is not valid; valid values: "
+                              f"[height, width] of integers > 0; {CONVERT_AGAIN}")
+        resize_size = tuple(resize_size)
+    elif str(meta.get("source")).startswith("torchvision:"):
+        resize_size = (round(height / crop_pct),) * 2
+    else:
+        resize_size = EvalCrop.timm_resize_size((height, width), crop_pct)
+    return EvalCrop(resize_size, meta["interpolation"], crop_mode, crop_pct)
 
 
 def restore_converted(path: str | pathlib.Path, model: nnx.Module, meta: dict[str, Any]) -> None:
