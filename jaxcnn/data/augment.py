@@ -10,8 +10,8 @@ One path for evaluation (`eval_resize`), the same whichever training augmentatio
 `jax.image.resize(..., "bilinear", antialias=True)` to `data.image_size`, or with
 `data.eval_crop_pct` the ImageNet evaluation transform (shorter side to size / crop_pct, central
 crop) as ONE antialiased `jax.image.scale_and_translate`. That is what torchvision evaluates with
-(`Resize(antialias=True)` + `CenterCrop`, as `jaxcnn.data.images.convert` with `crop_pct` does
-for files); a photo downscaled without antialiasing aliases (moire, jagged edges), so evaluation
+(`Resize(antialias=True)` + `CenterCrop`, which `jaxcnn.data.images.EvalCrop` does with the
+libraries' integer sizes for files fed to converted weights); a photo downscaled without antialiasing aliases (moire, jagged edges), so evaluation
 must not depend on whether training happens to use the affine matrices. Without training
 augmentation, training images are the evaluation images (bit for bit the resize used before the
 affine path existed). Training augmentation (random resized crop, flip, rotation) samples
