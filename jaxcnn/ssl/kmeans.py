@@ -1,8 +1,9 @@
 """K-means feature learning (Coates, Lee & Ng 2011; Coates & Ng 2012), in pure JAX.
 
 Pipeline: ``extract_patches`` -> ``normalize_patches`` -> ``zca_whitening`` / ``whiten`` ->
-``spherical_kmeans`` -> ``filters_from_kmeans``, which folds the whitening into an HWIO conv
-kernel and bias so the learned dictionary can initialise the first conv layer.
+``spherical_kmeans`` (or Euclidean ``kmeans``; both keep the best of ``n_init`` vmapped restarts) ->
+``filters_from_kmeans``, which folds the whitening into an HWIO conv kernel and bias so the learned
+dictionary can initialise the first conv layer.
 
 Conventions: a patch is flattened in (h, w, c) order, so a (d,) vector reshapes to
 (patch, patch, C) and a (d, k) matrix to an HWIO kernel (patch, patch, C, k). Centroids are
@@ -12,6 +13,7 @@ returned as rows, shape (k, d); the dictionary D of the papers is ``centroids.T`
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -94,35 +96,26 @@ def _unit_rows(x, eps: float = 1e-8):
 def _refill_empty(centroids, counts, data, badness):
     """Replace the centroids of empty clusters by the data points with the largest ``badness``, distinct per cluster."""
     empty = counts == 0
-    order = jnp.argsort(-badness)  # worst-represented points first
-    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, data.shape[0] - 1)
-    return jnp.where(empty[:, None], data[order[rank]], centroids)
+    k = min(centroids.shape[0], data.shape[0])
+    worst = jax.lax.top_k(badness, k)[1]  # worst-represented points first (at most k clusters are empty)
+    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
+    return jnp.where(empty[:, None], data[worst[rank]], centroids)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iterations"))
-def spherical_kmeans(key, data, k: int, iterations: int = 10):
-    """Spherical (gain-shape) k-means of Coates & Ng: returns (centroids (k, d), assignments (n,)).
+def _restart_keys(key, n_init: int):
+    """One key per restart; a single start uses ``key`` itself."""
+    if n_init < 1:
+        raise ValueError(f"n_init={n_init} must be >= 1")
+    return key[None] if n_init == 1 else jax.random.split(key, n_init)
 
-    D (d, k) starts as unit-length random normal columns. Each iteration: s_i = argmax_j |D_j^T x_i|
-    (absolute projection, so x and -x share a cluster and a centroid's sign is arbitrary); S has the single
-    non-zero S[s_i, i] = D_{s_i}^T x_i (the signed projection); D <- X S^T + D; columns renormalised.
-    Empty clusters: plain Coates keeps them (the +D term); here they are re-initialised to the data points
-    worst represented by the current dictionary (smallest max_j |cos(D_j, x_i)|), which keeps k-means from
-    merging two directions into one centroid while another stays idle. Rows of ``data`` are used as given
-    (normally whitened patches).
-    """
-    data = data.astype(jnp.float32)
-    n, d = data.shape
-    centroids = _unit_rows(jax.random.normal(key, (k, d), jnp.float32))  # rows = columns of D
-    norms = jnp.maximum(jnp.linalg.norm(data, axis=1), 1e-8)
 
-    def assign(c):
-        proj = data @ c.T  # (n, k) = (D^T X)^T
-        s = jnp.argmax(jnp.abs(proj), axis=1)
-        return s, proj
+def _spherical_run(key, data, norms, k: int, iterations: int):
+    """One spherical k-means from a random start: (centroids (k, d), objective sum_i max_j (D_j^T x_i)^2)."""
+    centroids = _unit_rows(jax.random.normal(key, (k, data.shape[1]), jnp.float32))  # rows = columns of D
 
     def step(_, c):
-        s, proj = assign(c)
+        proj = data @ c.T  # (n, k) = (D^T X)^T
+        s = jnp.argmax(jnp.abs(proj), axis=1)
         onehot = jax.nn.one_hot(s, k, dtype=jnp.float32)
         sval = onehot * proj  # S^T, one signed projection per row
         c = sval.T @ data + c  # (X S^T + D)^T
@@ -132,39 +125,76 @@ def spherical_kmeans(key, data, k: int, iterations: int = 10):
         return _unit_rows(c)
 
     centroids = jax.lax.fori_loop(0, iterations, step, centroids)
-    return centroids, assign(centroids)[0]
+    return centroids, jnp.sum(jnp.max((data @ centroids.T) ** 2, axis=1))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iterations", "n_init"))
+def spherical_kmeans(key, data, k: int, iterations: int = 10, n_init: int = 1):
+    """Spherical (gain-shape) k-means of Coates & Ng: returns (centroids (k, d), assignments (n,)).
+
+    D (d, k) starts as unit-length random normal columns. Each iteration: s_i = argmax_j |D_j^T x_i|
+    (absolute projection, so x and -x share a cluster and a centroid's sign is arbitrary); S has the single
+    non-zero S[s_i, i] = D_{s_i}^T x_i (the signed projection); D <- X S^T + D; columns renormalised.
+    Empty clusters: plain Coates keeps them (the +D term); here they are re-initialised to the data points
+    worst represented by the current dictionary (smallest max_j |cos(D_j, x_i)|), which keeps k-means from
+    merging two directions into one centroid while another stays idle. Rows of ``data`` are used as given
+    (normally whitened patches).
+
+    ``n_init`` restarts (vmapped; one key each from ``key``, or ``key`` itself for 1) keep the dictionary
+    with the smallest reconstruction error sum_i ||x_i - D s_i||^2 = sum_i ||x_i||^2 - max_j (D_j^T x_i)^2.
+    """
+    data = data.astype(jnp.float32)
+    norms = jnp.maximum(jnp.linalg.norm(data, axis=1), 1e-8)
+    runs, objective = jax.vmap(lambda kk: _spherical_run(kk, data, norms, k, iterations))(_restart_keys(key, n_init))
+    centroids = runs[jnp.argmax(objective)]
+    return centroids, jnp.argmax(jnp.abs(data @ centroids.T), axis=1)
 
 
 def _sq_dists(data, centroids):
-    return (
+    return jnp.maximum(
         jnp.sum(data**2, axis=1, keepdims=True)
         - 2.0 * data @ centroids.T
-        + jnp.sum(centroids**2, axis=1)[None, :]
+        + jnp.sum(centroids**2, axis=1)[None, :],
+        0.0,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iterations"))
-def kmeans(key, data, k: int, iterations: int = 20):
-    """Plain Euclidean k-means (Lloyd) with k-means++ initialisation: returns (centroids (k, d), assignments (n,)).
+def inertia(data, centroids):
+    """Sum over the rows of ``data`` of the squared distance to the nearest centroid (scikit-learn's ``inertia_``)."""
+    return jnp.sum(jnp.min(_sq_dists(jnp.asarray(data, jnp.float32), jnp.asarray(centroids, jnp.float32)), axis=1))
 
-    Empty clusters are re-seeded with the points farthest from their current centroid.
-    Assignments are those of the returned centroids.
+
+def kmeans_plus_plus(key, data, k: int, trials: int | None = None):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's ``kmeans_plusplus``): (k, d) centres.
+
+    The first centre is a uniformly drawn point; each next one is the best of ``trials`` candidates drawn with
+    probability proportional to the squared distance to the nearest centre so far, best meaning the smallest
+    resulting potential (sum of those squared distances). ``trials`` defaults to scikit-learn's 2 + int(ln k);
+    1 gives plain k-means++.
     """
     data = data.astype(jnp.float32)
     n, d = data.shape
+    trials = 2 + int(math.log(k)) if trials is None else trials
     k0, kseq = jax.random.split(key)
     first = data[jax.random.randint(k0, (), 0, n)]
     init = jnp.zeros((k, d), jnp.float32).at[0].set(first)
-    mind = jnp.sum((data - first) ** 2, axis=1)
+    mind = _sq_dists(data, first[None])[:, 0]
 
     def pp(i, carry):
         c, mind = carry
-        probs = mind / jnp.maximum(mind.sum(), 1e-30)
-        j = jax.random.choice(jax.random.fold_in(kseq, i), n, p=probs)
-        c = c.at[i].set(data[j])
-        return c, jnp.minimum(mind, jnp.sum((data - data[j]) ** 2, axis=1))
+        cum = jnp.cumsum(mind)
+        u = jax.random.uniform(jax.random.fold_in(kseq, i), (trials,)) * cum[-1]
+        cand = jnp.minimum(jnp.searchsorted(cum, u, side="right"), n - 1)  # P(j) = mind_j / sum(mind)
+        dist = jnp.minimum(mind, _sq_dists(data, data[cand]).T)  # (trials, n)
+        best = jnp.argmin(dist.sum(axis=1))
+        return c.at[i].set(data[cand[best]]), dist[best]
 
     centroids, _ = jax.lax.fori_loop(1, k, pp, (init, mind))
+    return centroids
+
+
+def _lloyd_run(key, data, k: int, iterations: int, trials: int | None):
+    """One k-means from a k-means++ start: (centroids (k, d), inertia)."""
 
     def step(_, c):
         dist = _sq_dists(data, c)
@@ -174,7 +204,23 @@ def kmeans(key, data, k: int, iterations: int = 20):
         new = (onehot.T @ data) / jnp.maximum(counts, 1.0)[:, None]
         return _refill_empty(new, counts, data, jnp.min(dist, axis=1))
 
-    centroids = jax.lax.fori_loop(0, iterations, step, centroids)
+    centroids = jax.lax.fori_loop(0, iterations, step, kmeans_plus_plus(key, data, k, trials))
+    return centroids, inertia(data, centroids)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iterations", "n_init", "trials"))
+def kmeans(key, data, k: int, iterations: int = 20, n_init: int = 1, trials: int | None = None):
+    """Plain Euclidean k-means (Lloyd) with greedy k-means++ seeding (``kmeans_plus_plus``, ``trials``
+    candidates per centre): returns (centroids (k, d), assignments (n,)).
+
+    ``n_init`` restarts (vmapped; one key each from ``key``, or ``key`` itself for 1) keep the centroids with
+    the smallest ``inertia``, as scikit-learn's ``KMeans(n_init=...)``; each runs ``iterations`` Lloyd steps
+    (no tolerance stop). Empty clusters are re-seeded with the points farthest from their current centroid.
+    Assignments are those of the returned centroids.
+    """
+    data = data.astype(jnp.float32)
+    runs, inertias = jax.vmap(lambda kk: _lloyd_run(kk, data, k, iterations, trials))(_restart_keys(key, n_init))
+    centroids = runs[jnp.argmin(inertias)]
     return centroids, jnp.argmin(_sq_dists(data, centroids), axis=1)
 
 
