@@ -17,9 +17,9 @@ Model (the study's): conv blocks 16/32/64 (3×3, BatchNorm, LeakyReLU 0.1, max p
 Dense 128 + dropout 0.5, Adam 1e-3 with L2 5e-4, 20 epochs. Pretraining: 10 epochs, Adam 1e-3,
 batch 256; SimCLR with the authors' CIFAR settings (random resized crop 0.08–1, flip, colour jitter
 s = 0.5 with p 0.8, grayscale p 0.2, no blur; temperature 0.5); k-means on 3×3 patches, 16 clusters
-(the first conv's filters). Data: the embedded MNIST subset (offline default), a TFDS name
-(`data=cifar10,data.channels=3,data.image_size=[32,32],...`), or `data=folder:PATH` (the study's 10
-animal classes). Aliases: data, classes, epochs, batch_size, lr, seed, labels, trunk.
+(the first conv's filters), best of 10 restarts (`ssl.kmeans_n_init`). Data: the embedded MNIST subset
+(offline default), a TFDS name (`data=cifar10,data.channels=3,data.image_size=[32,32],...`), or
+`data=folder:PATH` (the study's 10 animal classes). Aliases: data, classes, epochs, batch_size, lr, seed, labels, trunk.
 """
 
 from jaxcnn.config import COMMON_ALIASES, SMOKE_FLAG, build_config, default_config
@@ -61,7 +61,7 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
         temperature=0.5, proj_hidden=128, proj_dim=64,
         crop_scale=(0.08, 1.0), hflip=True, jitter=0.5, jitter_prob=0.8, gray_prob=0.2, blur=False,
         # k-means
-        kmeans_patches=100_000, kmeans_iterations=30, spherical=True, whitening_eps=0.01,
+        kmeans_patches=100_000, kmeans_iterations=30, kmeans_n_init=10, spherical=True, whitening_eps=0.01,
     ))
     return config
 

@@ -113,6 +113,10 @@ def test_wrong_trunk_architecture_channels_or_method_is_refused(kmeans_trunk, tm
         init.initialise(config("ssl.method=byol", tmp_path), 10)
     with pytest.raises(ConfigError, match="pretrains the trunk of model.name='ssl_cnn', not 'lenet5'"):
         init.initialise(config("autoencoder,model.name=lenet5", tmp_path), 10)
+    for bad in (0, -1, True):  # the config's type check refuses floats and strings
+        with pytest.raises(ConfigError, match=rf"^config ssl.kmeans_n_init={bad} is not valid; valid values: an "
+                                              "integer >= 1"):
+            init.initialise(config(f"kmeans,ssl.kmeans_n_init={bad}", tmp_path), 10)
     with pytest.raises(ConfigError, match="config ssl: SimCLR augmentation option 'gray_prob' must be a probability"):
         pretrain.pretrain(config("simclr,data.max_train=300,ssl.gray_prob=2.0", tmp_path), tmp_path / "x")
     with pytest.raises(ConfigError, match="ssl.batch_size=512 must be between 2 and the 300 training images"):
@@ -120,6 +124,15 @@ def test_wrong_trunk_architecture_channels_or_method_is_refused(kmeans_trunk, tm
     with pytest.raises(TrainingDivergedError, match=r"^pretraining autoencoder, epoch 1: loss became nan; stopped"):
         pretrain.pretrain(config("autoencoder,data.max_train=256,ssl.batch_size=128,ssl.learning_rate=1e30",
                                  tmp_path), tmp_path / "y", progress=False)
+
+
+def test_cached_trunk_is_keyed_by_the_kmeans_settings(tmp_path):
+    # A trunk pretrained with other k-means settings (one start, say) is not the one a study with restarts reuses.
+    paths = {n: init.trunk_path(config("kmeans", tmp_path, ssl__kmeans_n_init=n)) for n in (1, 10)}
+    assert paths[1] != paths[10] and paths[10] == init.trunk_path(config("kmeans", tmp_path))
+    assert pretrain.pretrain_settings(config("kmeans", tmp_path))["ssl"]["kmeans_n_init"] == 10
+    simclr = {n: init.trunk_path(config("simclr", tmp_path, ssl__kmeans_n_init=n)) for n in (1, 10)}
+    assert simclr[1] == simclr[10]  # other methods do not read it
 
 
 @pytest.mark.parametrize("method", ["autoencoder", "simclr"])

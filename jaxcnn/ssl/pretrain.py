@@ -8,8 +8,8 @@ Methods (`ssl.method`):
 - `simclr`: two on-device augmented views per image (`jaxcnn.ssl.augment`), the trunk, a projection
   MLP (Dense → ReLU → Dense) and the standard NT-Xent loss (`jaxcnn.ssl.simclr.nt_xent`).
 - `kmeans`: random 3×3 patches → per-patch brightness/contrast normalisation → ZCA whitening →
-  (spherical) k-means with k = the first conv's filters → the first conv's kernel and bias with the
-  whitening folded in (`jaxcnn.ssl.kmeans`); the rest of the trunk keeps the seed's random init.
+  (spherical) k-means with k = the first conv's filters, the best of `ssl.kmeans_n_init` restarts (vmapped)
+  → the first conv's kernel and bias with the whitening folded in (`jaxcnn.ssl.kmeans`); the rest of the trunk keeps the seed's random init.
   `filters.png` shows the filters.
 - `random`: no pretraining (the baseline).
 
@@ -57,7 +57,7 @@ METHOD_KEYS = {
     "autoencoder": ("epochs", "batch_size", "learning_rate"),
     "simclr": ("epochs", "batch_size", "learning_rate", "temperature", "proj_hidden", "proj_dim", "crop_scale",
                "hflip", "jitter", "jitter_prob", "gray_prob", "blur"),
-    "kmeans": ("kmeans_patches", "kmeans_iterations", "spherical", "whitening_eps"),
+    "kmeans": ("kmeans_patches", "kmeans_iterations", "kmeans_n_init", "spherical", "whitening_eps"),
 }
 DATA_KEYS = ("source", "dir", "train_split", "classes", "image_size", "channels", "mean", "std", "max_train")
 PATCH = 3  # the trunk's first conv is 3×3
@@ -70,6 +70,11 @@ def check_method(config: ml_collections.ConfigDict) -> str:
     if method != "random" and config.model.name != "ssl_cnn":
         raise ConfigError(f"config ssl.method={method!r} pretrains the trunk of model.name='ssl_cnn', "
                           f"not {config.model.name!r}")
+    if method == "kmeans":
+        n_init = config.ssl.get("kmeans_n_init")
+        if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+            raise ConfigError(f"config ssl.kmeans_n_init={n_init!r} is not valid; valid values: an integer >= 1 "
+                              "(k-means restarts, the best kept)")
     return method
 
 
@@ -89,6 +94,14 @@ def cached_trunk_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     return pathlib.Path(config.ssl.pretrain_dir) / f"{settings['method']}-seed{config.seed}-{digest}"
 
 
+def pretrain_dataset(config: ml_collections.ConfigDict):
+    """The dataset pretraining reads: every training image (`data.label_fraction` does not apply)."""
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    if "label_fraction" in data:
+        data.label_fraction = 1.0  # pretraining sees every training image, without labels
+    return load_dataset(data)
+
+
 def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progress: bool = True) -> dict[str, Any]:
     """Pretrains the trunk of `config`'s model with `config.ssl.method` on all training images
     (labels unused) and saves it to `out` (`jaxcnn.ssl.trunk`) with the method's figure. Returns its
@@ -100,10 +113,7 @@ def pretrain(config: ml_collections.ConfigDict, out: str | pathlib.Path, progres
     if out.exists():  # before hours of pretraining, not after
         raise ConfigError(f"{out} exists; choose a new directory for the trunk")
     work = out.with_name(out.name + ".work")  # the checkpoints of an unfinished pretraining
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    if "label_fraction" in data:
-        data.label_fraction = 1.0  # pretraining sees every training image, without labels
-    dataset = load_dataset(data)
+    dataset = pretrain_dataset(config)
     shape = (*config.data.image_size, config.data.channels)
     model = build_model(config.model, dataset.num_classes, shape, config.seed)
     trunk = model.trunk
@@ -236,26 +246,32 @@ def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective,
     return losses
 
 
-def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array):
-    """Sets the trunk's first conv from k-means on whitened patches; returns ([], figure writer)."""
+def whitened_patches(images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array, k: int):
+    """The k-means pretraining's data: `ssl.kmeans_patches` random PATCH×PATCH patches of the preprocessed
+    images, flat ones dropped, normalised and ZCA-whitened. Returns (whitened (n, d), mean (d,), W (d, d))."""
     ssl = config.ssl
-    channels = config.data.channels
     preprocess = jax.jit(make_preprocess(config.data))
     x = jnp.concatenate([preprocess(jnp.asarray(images[i:i + 1000])) for i in range(0, len(images), 1000)])
     patches = kmeans.extract_patches(jax.random.fold_in(key, 1), x, PATCH, ssl.kmeans_patches)
     # Flat patches (background) carry no structure: drop them before normalising.
     eps = kmeans.NORM_EPS_UNIT / float(np.mean(config.data.std)) ** 2
     patches = patches[np.asarray(patches.var(axis=1) > eps)]
-    if len(patches) < 10 * trunk.convs[0].out_features:
+    if len(patches) < 10 * k:
         raise ConfigError(f"k-means found only {len(patches)} non-flat {PATCH}×{PATCH} patches in "
                           f"{len(images)} images; raise ssl.kmeans_patches (now {ssl.kmeans_patches})")
     patches = kmeans.normalize_patches(patches, eps)
     mean, whitening = kmeans.zca_whitening(patches, ssl.whitening_eps)
-    white = kmeans.whiten(patches, mean, whitening)
+    return kmeans.whiten(patches, mean, whitening), mean, whitening
+
+
+def _kmeans_init(trunk: nnx.Module, images: np.ndarray, config: ml_collections.ConfigDict, key: jax.Array):
+    """Sets the trunk's first conv from k-means on whitened patches; returns ([], figure writer)."""
+    ssl = config.ssl
     k = int(trunk.convs[0].out_features)
+    white, mean, whitening = whitened_patches(images, config, key, k)
     fit = kmeans.spherical_kmeans if ssl.spherical else kmeans.kmeans
-    centroids, _ = fit(jax.random.fold_in(key, 2), white, k, ssl.kmeans_iterations)
-    kernel, bias = kmeans.filters_from_kmeans(centroids, mean, whitening, PATCH, channels)
+    centroids, _ = fit(jax.random.fold_in(key, 2), white, k, ssl.kmeans_iterations, ssl.kmeans_n_init)
+    kernel, bias = kmeans.filters_from_kmeans(centroids, mean, whitening, PATCH, config.data.channels)
     trunk.convs[0].kernel.value = kernel
     trunk.convs[0].bias.value = bias
     return [], lambda out: pretrain_figures.filters_png(out / "filters.png", np.asarray(kernel))
