@@ -116,11 +116,10 @@ def _spherical_run(key, data, norms, k: int, iterations: int):
     def step(_, c):
         proj = data @ c.T  # (n, k) = (D^T X)^T
         s = jnp.argmax(jnp.abs(proj), axis=1)
-        onehot = jax.nn.one_hot(s, k, dtype=jnp.float32)
-        sval = onehot * proj  # S^T, one signed projection per row
-        c = sval.T @ data + c  # (X S^T + D)^T
-        counts = onehot.sum(axis=0)
-        best_cos = jnp.take_along_axis(jnp.abs(proj), s[:, None], axis=1)[:, 0] / norms
+        sval = jnp.take_along_axis(proj, s[:, None], axis=1)  # S[s_i, i], the one signed projection of x_i
+        c = jax.ops.segment_sum(sval * data, s, k) + c  # (X S^T + D)^T
+        counts = jax.ops.segment_sum(jnp.ones_like(sval[:, 0]), s, k)
+        best_cos = jnp.abs(sval[:, 0]) / norms
         c = _refill_empty(c, counts, data, -best_cos)
         return _unit_rows(c)
 
@@ -199,9 +198,8 @@ def _lloyd_run(key, data, k: int, iterations: int, trials: int | None):
     def step(_, c):
         dist = _sq_dists(data, c)
         s = jnp.argmin(dist, axis=1)
-        onehot = jax.nn.one_hot(s, k, dtype=jnp.float32)
-        counts = onehot.sum(axis=0)
-        new = (onehot.T @ data) / jnp.maximum(counts, 1.0)[:, None]
+        counts = jax.ops.segment_sum(jnp.ones(data.shape[0], jnp.float32), s, k)
+        new = jax.ops.segment_sum(data, s, k) / jnp.maximum(counts, 1.0)[:, None]
         return _refill_empty(new, counts, data, jnp.min(dist, axis=1))
 
     centroids = jax.lax.fori_loop(0, iterations, step, kmeans_plus_plus(key, data, k, trials))
