@@ -14,9 +14,10 @@ each method once per seed. The classifier then trains on `labels` (data.label_fr
 stratified subset chosen by data.label_seed, the same for every init and seed).
 
 Model (the study's): conv blocks 16/32/64 (3×3, BatchNorm, LeakyReLU 0.1, max pool 2, dropout 0.3),
-Dense 128 + dropout 0.5, Adam 1e-3 with L2 5e-4, 20 epochs. Pretraining: 10 epochs, Adam 1e-3,
-batch 256; SimCLR with the authors' CIFAR settings (random resized crop 0.08–1, flip, colour jitter
-s = 0.5 with p 0.8, grayscale p 0.2, no blur; temperature 0.5); k-means on 3×3 patches, 16 clusters
+Dense 128 + dropout 0.5, PyTorch's initialisation and BatchNorm statistics (`model.init=torch`, also for
+the pretraining heads), Adam 1e-3 with L2 5e-4, 20 epochs. Pretraining: 10 epochs, Adam 1e-3, batch 256;
+SimCLR with the authors' CIFAR settings (random resized crop 0.08–1, flip, colour jitter s = 0.5 with
+p 0.8, grayscale p 0.2, no blur; temperature 0.5); k-means on 3×3 patches, 16 clusters
 (the first conv's filters), best of 10 restarts (`ssl.kmeans_n_init`). Data: the embedded MNIST subset
 (offline default), a TFDS name (`data=cifar10,data.channels=3,data.image_size=[32,32],...`), or
 `data=folder:PATH` (the study's 10 animal classes). Aliases: data, classes, epochs, batch_size, lr, seed, labels, trunk.
@@ -46,7 +47,9 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     config.data.std = (0.3081,)
     config.data.label_fraction = 0.1
     config.data.label_seed = 0
-    config.model = model_config("ssl_cnn")  # widths 16/32/64, hidden 128, dropout 0.3, probe False
+    # widths 16/32/64, hidden 128, dropout 0.3, probe False; the study ran in PyTorch: its initialisation
+    # and BatchNorm running statistics (model.init=flax for Flax's)
+    config.model = model_config("ssl_cnn", init="torch")
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3
     config.optim.weight_decay = 5e-4

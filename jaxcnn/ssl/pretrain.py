@@ -42,6 +42,7 @@ from jaxcnn.data import load_dataset
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.errors import ConfigError, TrainingDivergedError, WorkdirError
 from jaxcnn.models import build_model
+from jaxcnn.models.layers import torch_init
 from jaxcnn.models.ssl_heads import Autoencoder, SimCLR
 from jaxcnn.report import pretrain_figures
 from jaxcnn.ssl import augment, kmeans
@@ -83,7 +84,7 @@ def pretrain_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     method = check_method(config)
     settings = {"method": method, "seed": config.seed,
                 "data": {k: config.data[k] for k in DATA_KEYS},
-                "model": {"widths": config.model.widths, "dropout": config.model.dropout},
+                "model": {"widths": config.model.widths, "dropout": config.model.dropout, "init": config.model.init},
                 "ssl": {k: config.ssl[k] for k in METHOD_KEYS.get(method, ())}}
     return json.loads(json.dumps(settings))
 
@@ -173,6 +174,9 @@ def _train_trunk(method: str, trunk: nnx.Module, images: np.ndarray, config: ml_
             z = model((jnp.concatenate([v1, v2]) - mean) / std)  # both views in one BatchNorm batch
             return nt_xent(z[:len(x)], z[len(x):], ssl.temperature), jnp.int32(0)
 
+    if config.model.init == "torch":  # the heads start as PyTorch's, as the trunk did (`build_model`)
+        for head in ([model.decoder] if method == "autoencoder" else [model.proj1, model.proj2]):
+            torch_init(head, rngs.params())
     model.train()
     optimizer = nnx.Optimizer(model, optax.adam(ssl.learning_rate), wrt=nnx.Param)
     settings = pretrain_settings(config)
