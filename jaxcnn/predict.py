@@ -29,12 +29,32 @@ class Predictor:
     epoch: int | None  # None: converted weights
     probabilities: callable  # uint8 (N, H, W, C) -> (N, classes)
     crop: EvalCrop | None = None  # converted weights: their library's eval resize + centre crop
+    data: ml_collections.ConfigDict | None = None  # a run's data section (its test set); None: converted weights
 
     def load(self, path: str | pathlib.Path, invert: bool = False) -> np.ndarray:
         """Reads a file as the training images were stored (size, channels), or for converted weights
         as their library's eval transform crops it; raises ImageError."""
         image = load_image(path, self.input_shape[:2], self.input_shape[2], self.crop)
         return 255 - image if invert else image
+
+    def test_images(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The run's own test images at `indices` (as it evaluated them: same data, classes, limits) and
+        their true labels; ConfigError for converted weights or an index outside the test set."""
+        from jaxcnn.data import load_dataset
+
+        if self.data is None:
+            raise ConfigError("--test_index needs the workdir of a training run; converted weights have no test set")
+        dataset = load_dataset(self.data)
+        n = len(dataset.test_labels)
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"--test_index {','.join(map(str, bad))}: the run's test set ({dataset.name}) has "
+                              f"{n} images; valid indices: 0..{n - 1}")
+        images = dataset.test_images[list(indices)]
+        if images.shape[1:] != tuple(self.input_shape):
+            raise ConfigError(f"the test images of data.source={self.data.source!r} are {images.shape[1:]}, the "
+                              f"run stored {tuple(self.input_shape)}: the data changed since the run")
+        return images, dataset.test_labels[list(indices)]
 
 
 @dataclasses.dataclass
@@ -106,7 +126,8 @@ def _predictor(model: nnx.Module, config: ml_collections.ConfigDict, class_names
     graphdef, state = nnx.split(model)
     predict_fn = make_predict_fn(graphdef, make_preprocess(config.data))
     return Predictor(class_names, input_shape, epoch,
-                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop)
+                     lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop,
+                     None if epoch is None else config.data)
 
 
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:

@@ -1,7 +1,9 @@
-"""Label image files with a trained run:
-`python scripts/predict.py --workdir runs/lenet3 digit.png photo.jpg`.
+"""Label image files, or the run's own test images, with a trained run:
+`python scripts/predict.py --workdir runs/lenet3 digit.png photo.jpg`
+`python scripts/predict.py --workdir runs/lenet3 --test_index 199,7`
 
-Prints the top-k classes with probabilities for each file and writes an annotated PNG.
+Prints the top-k classes with probabilities for each image (for test images with the true label) and
+writes an annotated PNG (test images: green where right, red with the true class where wrong).
 A missing or unreadable file gets one error line; the others are still labelled; exit status 1.
 """
 
@@ -12,7 +14,7 @@ import numpy as np
 from absl import flags
 
 from jaxcnn.cli import run
-from jaxcnn.errors import ImageError
+from jaxcnn.errors import ConfigError, ImageError
 from jaxcnn.predict import load_predictor, top_k
 from jaxcnn.report.plots import prediction_grid
 
@@ -21,6 +23,8 @@ flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkp
 flags.DEFINE_integer("epoch", None, "Use this epoch's checkpoint instead of the best.", lower_bound=1)
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", lower_bound=1)
 flags.DEFINE_bool("invert", False, "Invert gray levels first (dark digits on light paper -> MNIST's light on dark).")
+flags.DEFINE_list("test_index", [], "Also label these images of the run's own test set (0-based, as it "
+                  "evaluated them), e.g. 199,7; prints their true labels.")
 flags.DEFINE_string("out", None, "Annotated PNG (default: WORKDIR/predict.png); '' for none.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
@@ -28,28 +32,40 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     paths = argv[1:]
-    if not paths:
-        sys.exit("error: name at least one image file after the flags")
+    if not paths and not FLAGS.test_index:
+        sys.exit("error: name at least one image file after the flags, or --test_index")
+    try:
+        indices = [int(i) for i in FLAGS.test_index]
+    except ValueError:
+        raise ConfigError(f"--test_index {','.join(FLAGS.test_index)}: give comma-separated integers, "
+                          "e.g. --test_index 199,7") from None
     out = f"{FLAGS.workdir}/predict.png" if FLAGS.out is None else FLAGS.out
     if FLAGS.out and not pathlib.Path(out).absolute().parent.is_dir():
         sys.exit(f"error: --out {out}: the folder {pathlib.Path(out).absolute().parent} does not exist")
     predictor = load_predictor(FLAGS.workdir, FLAGS.epoch)
-    images, names, failed = [], [], 0
+    images, names, truth, failed = [], [], [], 0
+    if indices:
+        test_images, test_labels = predictor.test_images(indices)
+        images += list(test_images)
+        names += [f"test[{i}] (true: {predictor.class_names[y]})" for i, y in zip(indices, test_labels)]
+        truth += [int(y) for y in test_labels]
     for path in paths:
         try:
             images.append(predictor.load(path, FLAGS.invert))
             names.append(path)
+            truth.append(None)
         except ImageError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
     if images:
         probabilities = predictor.probabilities(np.stack(images))
-        for path, p in zip(names, probabilities):
-            ranked = ", ".join(f"{name} {prob:.3f}" for name, prob in top_k(p, predictor.class_names, FLAGS.top_k))
-            print(f"{path}: {ranked}")
+        for name, p in zip(names, probabilities):
+            ranked = ", ".join(f"{c} {prob:.3f}" for c, prob in top_k(p, predictor.class_names, FLAGS.top_k))
+            print(f"{name}: {ranked}")
         if out:
             pred = probabilities.argmax(-1)
-            prediction_grid(np.stack(images), pred, pred, predictor.class_names, out,
+            labels = np.array([p if t is None else t for p, t in zip(pred, truth)])  # files: no ground truth
+            prediction_grid(np.stack(images), labels, pred, predictor.class_names, out,
                             "predictions (" + (f"checkpoint of epoch {predictor.epoch})" if predictor.epoch
                                                else "converted weights)"))
             print(f"annotated images: {out}")

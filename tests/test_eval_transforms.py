@@ -73,6 +73,8 @@ def test_predict_equals_the_library_transform_and_model_on_photos(spec, photos, 
         reference = torch.softmax(source.torch_model(x), -1).numpy()
     save_converted(tmp_path / "converted", flax_model(source), source.meta())
     predictor = load_predictor(tmp_path / "converted")
+    with pytest.raises(ConfigError, match="converted weights have no test set"):
+        predictor.test_images([0])  # predict.py --test_index
     images = np.stack([predictor.load(path) for path in photos])
     ours = predictor.probabilities(images)
     mean, std = np.asarray(source.mean)[:, None, None], np.asarray(source.std)[:, None, None]

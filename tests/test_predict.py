@@ -119,3 +119,30 @@ def test_command_line_reports_a_bad_key_in_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip() == ('error: a --config.KEY=VALUE override names no such key: epoch; '
                                      'Did you mean "epochs" instead of "epoch"?')
+
+
+def test_predict_labels_the_runs_own_test_images_by_index(trained, tmp_path):
+    """`--test_index 199,7`: the run's test images as it evaluated them (max_test=500 here), their true
+    labels printed beside the prediction; an index outside the test set is one line."""
+    workdir, _ = trained
+    data = load_mnist5k()
+    predictor = load_predictor(workdir)
+    images, labels = predictor.test_images([199, 7, 26])
+    np.testing.assert_array_equal(images, data.test_images[[199, 7, 26]])
+    np.testing.assert_array_equal(labels, data.test_labels[[199, 7, 26]])
+    expected = predictor.probabilities(images)
+    out = tmp_path / "p.png"
+    result = run_script("scripts/predict.py", f"--workdir={workdir}", "--test_index=199,7,26", f"--out={out}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for line, i, y, p in zip(lines, (199, 7, 26), labels, expected):
+        top = top_k(p, predictor.class_names, 3)
+        assert line == f"test[{i}] (true: {predictor.class_names[y]}): " + ", ".join(f"{c} {v:.3f}" for c, v in top)
+    assert out.exists() and lines[-1] == f"annotated images: {out}"
+    with pytest.raises(ConfigError, match=r"^--test_index 500: the run's test set \(mnist5k\) has 500 images; "
+                                          r"valid indices: 0\.\.499$"):
+        predictor.test_images([3, 500])
+    result = run_script("scripts/predict.py", f"--workdir={workdir}", "--test_index=7,x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: --test_index 7,x: give comma-separated integers, e.g. " \
+                                                     "--test_index 199,7"
