@@ -94,4 +94,29 @@ def check_report_matches_run_folders(study_dir: pathlib.Path, variants, seeds: i
         assert f"| {row['variant']} |" in report
     for png in ("curves.png", "confusion_matrices.png"):
         assert (study_dir / png).stat().st_size > 1000
+    _check_variant_settings(study_dir, report, variants)
     return rows
+
+
+def _check_variant_settings(study_dir: pathlib.Path, report: str, variants) -> None:
+    """report.md's "## Variants" table holds, per variant, the values of its seed_0/config.json, and only
+    keys whose values differ between variants."""
+    from jaxcnn.config import flatten_config, stored_config
+
+    section = report.split("## Variants\n", 1)[1].split("\n## ", 1)[0]
+    configs = {v: flatten_config(stored_config(json.loads((study_dir / v / "seed_0" / "config.json").read_text())))
+               for v in variants}
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    if len(variants) == 1:
+        assert not lines and "Shared by all: model.name = " in section
+        return
+    keys = lines[0].strip("| ").split(" | ")[1:]
+    assert keys, section
+    for key in keys:
+        assert len({json.dumps(c[key]) for c in configs.values()}) > 1, key
+    for line, v in zip(lines[1:], variants):
+        cells = line.strip("| ").split(" | ")
+        assert cells[0] == v
+        for key, text in zip(keys, cells[1:]):
+            value = configs[v][key]
+            assert text == (json.dumps(value) if isinstance(value, (list, dict)) else str(value)), (v, key)

@@ -3,6 +3,7 @@ ranking with its Welch comparisons and verdict, the figures, and per-class numbe
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,9 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
         "standard deviation over seeds (ddof = 1; – where fewer than 2 seeds finished); the 95 % confidence "
         "interval of the mean is from the t distribution (n − 1 degrees of freedom). Accuracies are "
         "in percent, at the final epoch unless marked best.", "",
-        "## Results", "",
     ]
+    lines += _settings_section(by_variant)
+    lines += ["## Results", ""]
     lines += _results_table(stats)
     lines.append("")
     lines += _times_table(stats)
@@ -72,6 +74,35 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
         lines += ["No finished run has a confusion_matrix.csv.", ""]
     lines += _per_class_section(by_variant)
     return "\n".join(lines)
+
+
+# Settings named under "Shared by all" when every variant has the same value (those that differ go in the table).
+SHARED_SHOWN = ("model.name", "model.init", "data.source", "data.classes", "train.epochs", "train.batch_size",
+                "optim.name", "optim.learning_rate", "optim.schedule")
+NOT_SETTINGS = ("variant", "seed", "mesh", "data.dir", "ssl.pretrain_dir", "train.log_every")  # plus below
+NOT_SETTINGS_PREFIXES = ("checkpoint.", "report.")
+
+
+def _settings_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
+    """What each variant sets differently, from its first finished run's config.json, and the main
+    settings every variant shares."""
+    configs = {v: done[0].config for v, done in by_variant.items() if done and done[0].config}
+    if not configs:
+        return []
+    keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
+            if k not in NOT_SETTINGS and not k.startswith(NOT_SETTINGS_PREFIXES)]
+    differ = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    shared = [k for k in SHARED_SHOWN if k in keys and k not in differ]
+    value = lambda x: MISSING if x is None else json.dumps(x) if isinstance(x, (list, dict)) else x  # noqa: E731
+    lines = ["## Variants", ""]
+    if differ:
+        lines += ["What each variant sets differently (from its runs' config.json):", ""]
+        lines += table(["variant", *differ], [[v, *(value(c.get(k)) for k in differ)] for v, c in configs.items()])
+        lines.append("")
+    if shared:
+        lines += ["Shared by all: " + ", ".join(f"{k} = {cell(value(configs[next(iter(configs))][k]))}"
+                                                for k in shared) + ".", ""]
+    return lines
 
 
 def _results_table(stats: dict[str, dict]) -> list[str]:

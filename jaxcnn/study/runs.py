@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.config import flatten_config, stored_config
+from jaxcnn.files import read_json
 from jaxcnn.report.run import (CONFUSION_CSV, PER_CLASS_CSV, SUMMARY_JSON, read_confusion_matrix, read_history,
                                read_per_class, read_summary)
 
@@ -36,6 +38,7 @@ class FinishedRun:
     history: list[dict[str, Any]]
     per_class: dict[str, list] | None
     confusion: np.ndarray | None
+    config: dict[str, Any] | None = None  # its config.json, flattened with today's keys (`stored_config`)
 
     def value(self, key: str) -> Any:
         """A summary.json number; group_size is 1 where the summary has none (trained alone)."""
@@ -54,7 +57,9 @@ def load(record: RunRecord) -> FinishedRun:
         raise ValueError(f"{where}: unreadable {SUMMARY_JSON}: {e}") from None
     per_class = read_per_class(workdir) if (workdir / PER_CLASS_CSV).is_file() else None
     confusion = read_confusion_matrix(workdir) if (workdir / CONFUSION_CSV).is_file() else None
-    return FinishedRun(record, summary, read_history(workdir), per_class, confusion)
+    stored = read_json(workdir / "config.json")
+    config = flatten_config(stored_config(stored)) if isinstance(stored, dict) else None
+    return FinishedRun(record, summary, read_history(workdir), per_class, confusion, config)
 
 
 def epochs_completed(record: RunRecord) -> int:
