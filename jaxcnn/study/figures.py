@@ -49,7 +49,9 @@ def plot_confusion_matrices(path: pathlib.Path, title: str, by_variant: dict[str
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     size = max(3.5, 0.36 * k + 1.4)
-    height = size * rows + 0.5
+    # each row 0.7 inch taller than wide: room for its "predicted" label below and the next row's title
+    # above (square panels otherwise let tight_layout overlap them)
+    height = (size + 0.7) * rows + 0.5
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, height), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
