@@ -11,9 +11,6 @@ outside the package, in `scripts/torch_reference.py`, and is passed in by `scrip
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,6 +24,7 @@ import numpy as np
 from jaxcnn.config import validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.errors import ConfigError
+from jaxcnn.report.run import machine_name
 from jaxcnn.train.steps import resolve_loop
 from jaxcnn.train.trainer import Trainer
 
@@ -82,16 +80,6 @@ class Report:
         return {"setup": self.setup, "machine": self.machine, "backend": self.backend,
                 "device_kind": self.device_kind, "results": results, "faster_loop": self.faster_loop,
                 "auto_loop": resolve_loop("auto"), "torch_skipped": self.torch_skipped}
-
-
-def machine_name() -> str:
-    """OS, architecture, CPU model and core count, e.g. `Linux x86_64, AMD EPYC, 2 CPUs`."""
-    cpu = platform.processor()
-    cpuinfo = pathlib.Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"{platform.system()} {platform.machine()}, {cpu or 'unknown CPU'}, {os.cpu_count()} CPUs"
 
 
 def training_set(config: ml_collections.ConfigDict, repeat: int = 1) -> Dataset:

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -53,6 +55,10 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     np.testing.assert_allclose([float(r["recall"]) for r in per_class], np.diag(matrix) / 100, atol=1e-4)
     text = (workdir / "summary.md").read_text()
     assert f"{summary['final_test_accuracy']:.4f}" in text and "61,706" in text
+    # what ran, and where
+    assert text.startswith("# lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k\n")
+    assert summary["device"] == jax.devices()[0].device_kind and f"{os.cpu_count()} CPUs" in summary["machine"]
+    assert f"| machine | {summary['machine']} |" in text
     for name in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
         with Image.open(workdir / name) as image:
             assert image.size[0] > 300

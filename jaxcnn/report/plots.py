@@ -54,7 +54,8 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: pathl
     k = len(class_names)
     size = max(4.0, 0.45 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    draw_confusion_matrix(ax, matrix, class_names, title or "confusion matrix (test)")
+    # wrapped to the figure's width (about 8 characters an inch at the title's size): a run's title is long
+    draw_confusion_matrix(ax, matrix, class_names, textwrap.fill(title or "confusion matrix (test)", int(8 * size)))
     save_figure(fig, path)
 
 

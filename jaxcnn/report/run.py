@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +60,16 @@ def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> N
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
+
+
+def machine_name() -> str:
+    """OS, architecture, CPU model and core count, e.g. `Linux x86_64, AMD EPYC, 2 CPUs`."""
+    cpu = platform.processor()
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return f"{platform.system()} {platform.machine()}, {cpu or 'unknown CPU'}, {os.cpu_count()} CPUs"
 
 
 def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s: float) -> dict[str, Any]:
@@ -117,6 +129,9 @@ def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequenc
         ("total training time", f"{s['total_train_time_s']:.1f} s"),
         ("compile time", f"{s['compile_time_s']:.1f} s"),
         ("parameters", f"{s['num_params']:,}"),
+        *((("device", s["device"] if s["device"] == s["backend"] else f"{s['backend']}: {s['device']}"),)
+          if "device" in s else ()),
+        *((("machine", s["machine"]),) if "machine" in s else ()),
     ]
     return "\n".join([
         f"# {title}", "", *table(("metric", "value"), metrics),

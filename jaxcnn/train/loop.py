@@ -27,7 +27,7 @@ from jaxcnn.errors import Interrupted, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_json
 from jaxcnn.models import count_params
 from jaxcnn.report.metrics import best_record
-from jaxcnn.report.run import read_history, summarize, write_history, write_outputs
+from jaxcnn.report.run import machine_name, read_history, summarize, write_history, write_outputs
 from jaxcnn.train import init, sharding
 from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_eval_fn
@@ -49,6 +49,18 @@ def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> s
     old, flat = flatten_config(stored_config(old)), flatten_config(config)
     changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES and old.get(k, _MISSING) != flat[k])
     return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
+
+
+def run_title(config: ml_collections.ConfigDict, dataset: str) -> str:
+    """What ran, for titles: `lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k`."""
+    model = config.model
+    details = [f"{config.optim.name} lr {config.optim.learning_rate:g}"]
+    details += [str(model.activation)] if "activation" in model else []
+    details += [f"{model.pooling} pooling"] if "pooling" in model else []
+    if model.get("extra_conv_layers"):
+        details.append(f"+{model.extra_conv_layers} conv")
+    variant = f", variant {config.variant}" if config.variant else ""
+    return f"{model.name}{variant}: {', '.join(details)}, seed {config.seed} on {dataset}"
 
 
 def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -355,8 +367,9 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
             continue
         summary = summarize(run.history, count_params(trainer.models[g]), run.compile_time)
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
-                       backend=jax.default_backend(), loop=trainer.loop, group_size=size, **run.init_info)
-        title = f"{run.config.model.name} {run.config.variant} on {dataset.name}".replace("  ", " ")
+                       backend=jax.default_backend(), device=jax.devices()[0].device_kind, machine=machine_name(),
+                       loop=trainer.loop, group_size=size, **run.init_info)
+        title = run_title(run.config, dataset.name)
         if run.primary:
             write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
                           dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)
