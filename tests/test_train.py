@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -62,11 +63,41 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     for name in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
         with Image.open(workdir / name) as image:
             assert image.size[0] > 300
-    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard: loss/accuracy grouped as train and test per epoch, the custom-scalars overlay, the HParams run
+    events = tensorboard_events(workdir / "tensorboard")
+    for split in ("train", "test"):
+        for quantity in ("loss", "accuracy"):
+            steps, values = zip(*events[("", f"{quantity}/{split}")])
+            assert list(steps) == [h["epoch"] for h in history]
+            assert list(values) == pytest.approx([h[f"{split}_{quantity}"] for h in history], rel=1e-6)
+    assert ("", "custom_scalars__config__") in events
+    for key in ("final_test_accuracy", "best_test_accuracy"):
+        ((step, value),) = events[("hparams", f"hparam/{key}")]
+        assert step == 0 and value == pytest.approx(summary[key], rel=1e-6)
+    assert b"optim.learning_rate" in events[("hparams", "_hparams_/session_start_info")][0][1]
     assert json.loads((workdir / "config.json").read_text())["variant"] == "3"
     # latest 3 and the best epoch are kept
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == sorted({18, 19, 20, best["epoch"]})
+
+
+def tensorboard_events(folder) -> dict[tuple[str, str], list[tuple[int, object]]]:
+    """(subfolder, tag) -> [(step, value)] of every event file under `folder`, read as TensorBoard does
+    (TFRecord framing, tensorboardX's Event proto): simple values as floats, plugin data as bytes."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                value = v.simple_value if v.HasField("simple_value") else v.metadata.plugin_data.content
+                sub = "" if path.parent == folder else path.parent.name
+                out.setdefault((sub, v.tag), []).append((event.step, value))
+    return out
 
 
 def test_metrics_from_fixed_predictions():

@@ -51,6 +51,9 @@ def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> s
     return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
 
 
+HPARAM_METRICS = ("final_test_accuracy", "best_test_accuracy", "overfitting_gap", "mean_epoch_time_s")
+
+
 def run_title(config: ml_collections.ConfigDict, dataset: str) -> str:
     """What ran, for titles: `lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k`."""
     model = config.model
@@ -175,6 +178,10 @@ class _Run:
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.start + 1)
+        # TensorBoard's Custom Scalars dashboard draws train and test in one chart each
+        self.writer.add_custom_scalars({"train vs test": {
+            "loss": ["Multiline", ["loss/train", "loss/test"]],
+            "accuracy": ["Multiline", ["accuracy/train", "accuracy/test"]]}})
 
     def record(self, record: dict[str, Any], model: nnx.Module, optimizer: nnx.Optimizer,
                dataset: Dataset) -> None:
@@ -192,9 +199,19 @@ class _Run:
             "history": self.history})
         self.saved = epoch
         faults.at("save_started", epoch)
-        for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate"):
-            if self.writer is not None:
-                self.writer.add_scalar(name, record[name], epoch)
+        if self.writer is not None:  # tags grouped by quantity: loss/train beside loss/test
+            for name in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+                split, quantity = name.split("_")
+                self.writer.add_scalar(f"{quantity}/{split}", record[name], epoch)
+            self.writer.add_scalar("learning_rate", record["learning_rate"], epoch)
+
+    def hparams(self, summary: dict[str, Any]) -> None:
+        """The run's settings and results in TensorBoard's HParams dashboard (a study's runs side by side)."""
+        if self.writer is None:
+            return
+        values = {k: v if isinstance(v, (bool, str, int, float)) else json.dumps(v)
+                  for k, v in flatten_config(self.config).items() if not k.startswith(("checkpoint.", "report."))}
+        self.writer.add_hparams(values, {f"hparam/{k}": float(summary[k]) for k in HPARAM_METRICS}, name="hparams")
 
     def diverged(self, epoch: int, loss: float) -> None:
         kept = (f"The checkpoints up to epoch {epoch - 1} are kept in {self.checkpoints.directory}." if epoch > 1
@@ -371,6 +388,7 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
                        loop=trainer.loop, group_size=size, **run.init_info)
         title = run_title(run.config, dataset.name)
         if run.primary:
+            run.hparams(summary)
             write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
                           dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)
         results.append(summary)
