@@ -2,6 +2,7 @@
 the linear probe, and the study through the runner."""
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -185,7 +186,10 @@ def test_study_pretrains_once_per_method_and_seed_and_reports_the_gain(tmp_path)
                        group="no", progress=False, log=lines.append)
     assert [p.name.split("-")[:2] for p in (tmp_path / "pre").iterdir()] == [["kmeans", "seed0"]]  # shared
     # pretraining is a step of the study of its own, before any run trains
-    assert lines[1].startswith("[pretrain 1/1] kmeans, seed 0 -> ") and lines[2].startswith("[1/3] ")
+    assert lines[1].startswith("[pretrain 1/1] kmeans, seed 0 -> ") and lines[2] == "[1/3] kmeans/seed_0"
+    # then the study's progress over its runs, with the time left at the pace so far
+    assert re.fullmatch(r"\[2/3\] random_probe/seed_0 \(1/3 runs in [0-9.]+ s; about [0-9.]+ s left\)", lines[3])
+    assert re.fullmatch(r"\[3/3\] kmeans_probe/seed_0 \(2/3 runs in [0-9.]+ s; about [0-9.]+ s left\)", lines[4])
     summary = json.loads((tmp_path / "study" / "kmeans_probe" / "seed_0" / "summary.json").read_text())
     assert summary["init"] == "kmeans" and summary["pretrain_time_s"] > 0 and "seed0" in summary["trunk"]
     assert json.loads((tmp_path / "study" / "random_probe" / "seed_0" / "summary.json").read_text())["init"] == "random"

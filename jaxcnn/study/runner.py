@@ -26,6 +26,7 @@ from jaxcnn.config import load_config_module, validate
 from jaxcnn.data import Dataset, load_dataset
 from jaxcnn.errors import ConfigError, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_atomic, write_json
+from jaxcnn.report.markdown import duration
 from jaxcnn.study.report import write_report
 from jaxcnn.study.runs import RunRecord
 from jaxcnn.train import init
@@ -171,12 +172,17 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
         log(f"{len(runs)} runs: {len(runs) - len(pending)} finished, {len(pending)} to train")
         init.pretrain_missing([r.config for r in pending], progress, log)  # trunks first, each once, cached
         groups = group_runs(pending, max_group) if grouped else [[run] for run in pending]
-        t0 = time.perf_counter()
+        t0, done = time.perf_counter(), 0
         for i, members in enumerate(groups, 1):
             names = ", ".join(f"{r.variant}/seed_{r.seed}" for r in members)
-            log(f"[{i}/{len(groups)}] {names}")
+            elapsed = time.perf_counter() - t0
+            # the study's progress over its runs: so far, and the rest at the pace so far
+            left = elapsed / done * (len(pending) - done) if done else 0.0
+            eta = f" ({done}/{len(pending)} runs in {duration(elapsed)}; about {duration(left)} left)" if done else ""
+            log(f"[{i}/{len(groups)}] {names}{eta}")
             results = train_group([r.config for r in members], [r.workdir for r in members],
                                   datasets[_data_key(members[0])], progress)
+            done += len(members)
             for run, result in zip(members, results):
                 if isinstance(result, TrainingDivergedError):
                     write_atomic(run.workdir / DIVERGED, str(result) + "\n")
