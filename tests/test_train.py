@@ -12,9 +12,10 @@ from PIL import Image
 
 from jaxcnn.errors import ConfigError, WorkdirError
 from jaxcnn.report.metrics import confusion_matrix, per_class_report
+from jaxcnn.report.run import read_confusion_matrix
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
-from tests.helpers import lenet
+from tests.helpers import lenet, read_csv
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,11 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     assert summary["overfitting_gap"] == pytest.approx(history[-1]["train_accuracy"] - history[-1]["test_accuracy"])
     assert json.loads((workdir / "summary.json").read_text()) == summary
     # the confusion matrix is of the final model on all 1,000 test images
-    matrix = np.loadtxt(workdir / "confusion_matrix.csv", delimiter=",")
+    table = read_csv(workdir / "confusion_matrix.csv")  # headed by the class names, true classes down the side
+    assert list(table[0]) == ["true \\ predicted", *map(str, range(10))]
+    assert [row["true \\ predicted"] for row in table] == [str(c) for c in range(10)]
+    matrix = np.array([[int(row[str(c)]) for c in range(10)] for row in table])
+    np.testing.assert_array_equal(read_confusion_matrix(workdir), matrix)
     assert matrix.sum() == 1000 and (matrix.sum(axis=1) == 100).all()
     assert np.trace(matrix) / 1000 == pytest.approx(summary["final_test_accuracy"])
     with open(workdir / "per_class.csv") as f:

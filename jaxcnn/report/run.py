@@ -47,9 +47,17 @@ def read_per_class(workdir: pathlib.Path) -> dict[str, list]:
             "support": [int(r["support"]) for r in rows]}
 
 
+CONFUSION_CORNER = "true \\ predicted"  # confusion_matrix.csv's first cell
+
+
 def read_confusion_matrix(workdir: pathlib.Path) -> np.ndarray:
-    """confusion_matrix.csv: counts, rows = true class, columns = predicted class."""
-    return np.loadtxt(workdir / CONFUSION_CSV, dtype=np.int64, delimiter=",", ndmin=2)
+    """confusion_matrix.csv: counts, rows = true class, columns = predicted class; a header row and a
+    first column of class names (runs of earlier versions wrote the bare counts)."""
+    with open(workdir / CONFUSION_CSV, newline="") as f:
+        rows = list(csv.reader(f))
+    if rows and rows[0] and rows[0][0] == CONFUSION_CORNER:
+        rows = [row[1:] for row in rows[1:]]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), -1)
 
 
 def write_history(workdir: pathlib.Path, history: Sequence[dict[str, Any]]) -> None:
@@ -111,8 +119,10 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
         writer = csv.writer(f)
         writer.writerow(["class", "precision", "recall", "f1", "support"])
         writer.writerows(per_class)
-    with atomic_path(workdir / CONFUSION_CSV) as tmp:
-        np.savetxt(tmp, matrix, fmt="%d", delimiter=",")
+    with atomic_path(workdir / CONFUSION_CSV) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([CONFUSION_CORNER, *class_names])
+        writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
     write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class))
     write_json(workdir / SUMMARY_JSON, summary)
 
