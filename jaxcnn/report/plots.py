@@ -16,15 +16,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxcnn.files import atomic_path  # noqa: E402
+from jaxcnn.report.metrics import best_record  # noqa: E402
 
 
 def learning_curves(history: Sequence[dict], path: pathlib.Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train vs test."""
+    """Loss and accuracy per epoch, train vs test; a dashed line marks the best epoch (test accuracy)."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "test"):
         ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker=".", label=split)
         ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker=".", label=split)
+    best = best_record(history)  # the epoch whose checkpoint predict.py uses
+    for ax in (ax_loss, ax_acc):
+        ax.axvline(best["epoch"], color="gray", linestyle="--", linewidth=1,
+                   label=f"best test accuracy (epoch {best['epoch']}: {best['test_accuracy']:.4f})")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
