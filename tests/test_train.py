@@ -12,7 +12,7 @@ from PIL import Image
 
 from jaxcnn.errors import ConfigError, WorkdirError
 from jaxcnn.report.metrics import confusion_matrix, per_class_report
-from jaxcnn.report.run import read_confusion_matrix
+from jaxcnn.report.run import confused_pairs, read_confusion_matrix
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
 from tests.helpers import lenet, read_csv
@@ -65,6 +65,9 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     assert text.startswith("# lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k\n")
     assert summary["device"] == jax.devices()[0].device_kind and f"{os.cpu_count()} CPUs" in summary["machine"]
     assert f"| machine | {summary['machine']} |" in text
+    worst = confused_pairs(matrix, [str(c) for c in range(10)])[0]  # the largest off-diagonal cell
+    off = matrix - np.diag(np.diag(matrix))
+    assert worst[2] == off.max() and f"| {worst[0]} | {worst[1]} | {worst[2]} |" in text.split("## Most confused")[1]
     for name in ("learning_curves.png", "confusion_matrix.png", "predictions.png"):
         with Image.open(workdir / name) as image:
             assert image.size[0] > 300
@@ -115,6 +118,11 @@ def test_metrics_from_fixed_predictions():
     np.testing.assert_allclose(report["recall"], [2 / 3, 0.5, 1.0])
     np.testing.assert_allclose(report["f1"], [0.8, 0.5, 2 / 3])
     np.testing.assert_array_equal(report["support"], [3, 2, 1])
+    # most-confused pairs: off-diagonal cells, largest first, as a share of the true class
+    many = np.array([[5, 3, 0], [1, 4, 6], [0, 0, 9]])
+    assert confused_pairs(many, ["a", "b", "c"]) == [["b", "c", 6, "54.5 %"], ["a", "b", 3, "37.5 %"],
+                                                    ["b", "a", 1, "9.1 %"]]
+    assert confused_pairs(np.eye(3, dtype=int), ["a", "b", "c"]) == []
 
 
 def small_config(arg: str = "3"):

@@ -110,9 +110,13 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
     plots.learning_curves(history, workdir / "learning_curves.png", title)
     faults.at("figures", history[-1]["epoch"])
     plots.confusion_matrix(matrix, class_names, workdir / "confusion_matrix.png", f"{title}: test, final model")
-    n = min(grid_size, len(test_labels))
-    plots.prediction_grid(test_images[:n], test_labels[:n], predictions[:n], class_names,
-                          workdir / "predictions.png", f"{title}: first {n} test images")
+    # the misclassified test images first (what a student looks at), then correct ones to fill the grid
+    wrong = np.flatnonzero(predictions != test_labels)
+    shown = np.concatenate([wrong, np.flatnonzero(predictions == test_labels)])[:grid_size]
+    caption = (f"{min(len(wrong), grid_size)} of the {len(wrong)} misclassified test images"
+               + (", then correct ones" if len(wrong) < len(shown) else ""))
+    plots.prediction_grid(test_images[shown], test_labels[shown], predictions[shown], class_names,
+                          workdir / "predictions.png", f"{title}: {caption}")
     per_class = [[name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")), int(report["support"][i])]
                  for i, name in enumerate(class_names)]
     with atomic_path(workdir / PER_CLASS_CSV) as tmp, open(tmp, "w", newline="") as f:
@@ -123,11 +127,23 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
         writer = csv.writer(f)
         writer.writerow([CONFUSION_CORNER, *class_names])
         writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
-    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class))
+    confused = confused_pairs(matrix, class_names)
+    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class, confused))
     write_json(workdir / SUMMARY_JSON, summary)
 
 
-def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequence[Any]]) -> str:
+def confused_pairs(matrix: np.ndarray, class_names: Sequence[str], most: int = 5) -> list[list[Any]]:
+    """The `most` largest off-diagonal cells of a confusion matrix: [true, predicted, count, % of the true class]."""
+    off = matrix.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:most]
+    totals = np.maximum(matrix.sum(axis=1), 1)
+    return [[class_names[i], class_names[j], int(off[i, j]), f"{100 * off[i, j] / totals[i]:.1f} %"]
+            for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
+
+
+def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequence[Any]],
+                      confused: Sequence[Sequence[Any]] = ()) -> str:
     """summary.md: the summary's numbers, the per-class rows (as in per_class.csv), the figures."""
     metrics = [
         (f"final test accuracy (epoch {s['epochs']})", f"{s['final_test_accuracy']:.4f}"),
@@ -147,5 +163,7 @@ def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequenc
         f"# {title}", "", *table(("metric", "value"), metrics),
         "", "## Per class (test, final model)", "",
         *table(("class", "precision", "recall", "F1", "support"), per_class),
+        *(("", "## Most confused (test, final model)", "",
+           *table(("true", "predicted as", "images", "share of the true class"), confused)) if confused else ()),
         "", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
-        "", "![predictions](predictions.png)", ""])
+        "", "![predictions: misclassified test images first](predictions.png)", ""])
