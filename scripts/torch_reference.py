@@ -250,6 +250,32 @@ def torch_optimizer(cfg: ml_collections.ConfigDict, params, steps_per_epoch: int
     return optimizer, lr_scheduler.SequentialLR(optimizer, [ramp, main], [warmup])
 
 
+def torch_preprocess(config: ml_collections.ConfigDict, device: str = "cpu", memory_format=None):
+    """A function of NCHW float batches in [0, 1] that does what jaxcnn's device preprocessing does: the
+    config's channels (repeated gray, or luma weights for RGB -> gray), size (bilinear) and, where the config
+    asks for it, normalisation (the LeNet study keeps [0, 1] pixels as they are)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width, channels = model_input_shape(config)
+    mean = torch.tensor(config.data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config.data.std, device=device).view(1, -1, 1, 1)
+    normalise = set(config.data.mean) != {0.0} or set(config.data.std) != {1.0}
+    luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
+    memory_format = memory_format or torch.contiguous_format
+
+    def prepare(x):
+        if x.shape[1] != channels:
+            x = x.repeat(1, channels, 1, 1) if channels == 3 else (x * luma).sum(1, keepdim=True)
+        if x.shape[2:] != (height, width):
+            x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
+        if normalise:
+            x = (x - mean) / std
+        return x.contiguous(memory_format=memory_format)
+
+    return prepare
+
+
 def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
                     epochs: int, num_classes: int = 10) -> Result:
     """The study's PyTorch loop for `epochs` timed epochs, on `torch_device()` with all CPU threads.
@@ -262,7 +288,6 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
     channels-last and on CUDA run under bf16 autocast.
     """
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(config.seed)
@@ -273,24 +298,11 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
         raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(labels)} training images")
     host_x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     host_y = torch.from_numpy(labels).long()
-    height, width, channels = model_input_shape(config)
     big = config.model.name in TORCHVISION
     memory_format = torch.channels_last if big else torch.contiguous_format
     model = torch_model(config, num_classes).to(device, memory_format=memory_format)
-    mean = torch.tensor(config.data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(config.data.std, device=device).view(1, -1, 1, 1)
-    normalise = set(config.data.mean) != {0.0} or set(config.data.std) != {1.0}
-    luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
+    prepare = torch_preprocess(config, device, memory_format)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=big and device == "cuda")
-
-    def prepare(x):
-        if x.shape[1] != channels:
-            x = x.repeat(1, channels, 1, 1) if channels == 3 else (x * luma).sum(1, keepdim=True)
-        if x.shape[2:] != (height, width):
-            x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
-        if normalise:
-            x = (x - mean) / std
-        return x.contiguous(memory_format=memory_format)
 
     optimizer, scheduler = torch_optimizer(config.optim, model.parameters(), steps, config.train.epochs)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -5,9 +5,9 @@
 
 Each (variant, seed) trains the config's PyTorch twin (`scripts/torch_reference.py`) from PyTorch's own
 initialisation (`torch.manual_seed(seed)`) with the config's optimizer, batch size and epochs on the
-images jaxcnn loads for that config (same train/test split; inputs scaled to [0, 1] and normalised with
-the config's mean/std, as jaxcnn does on the device; no augmentation), reshuffled every epoch, the last
-partial batch dropped as jaxcnn does. The final test accuracy of each run goes to `--out` (CSV; runs
+images jaxcnn loads for that config (same train/test split; converted to the model's channels and size
+and normalised as jaxcnn does on the device, `torch_reference.torch_preprocess`; no augmentation),
+reshuffled every epoch, the last partial batch dropped as jaxcnn does. The final test accuracy of each run goes to `--out` (CSV; runs
 already there are skipped, so an interrupted study resumes); with `--compare W` the table sets each
 variant's PyTorch accuracy (mean ± sample std) beside the jaxcnn study in W and asks whether they differ
 (`jaxcnn.study.stats.welch`). Models with a PyTorch twin (LeNet-5, the pooling CNN, the SSL CNN,
@@ -52,9 +52,8 @@ def train_torch(config, dataset) -> dict[str, float]:
                           "data.random_resized_crop=False, data.hflip=False, data.rotation=0")
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    mean = torch.tensor(config.data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(config.data.std).view(1, -1, 1, 1)
-    prepare = lambda x: (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 - mean) / std  # noqa: E731
+    preprocess = torch_reference.torch_preprocess(config)  # as jaxcnn's device preprocessing
+    prepare = lambda x: preprocess(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)  # noqa: E731
     x_train, y_train = prepare(dataset.train_images), torch.from_numpy(dataset.train_labels).long()
     x_test, y_test = prepare(dataset.test_images), torch.from_numpy(dataset.test_labels).long()
     model = torch_reference.torch_model(config, dataset.num_classes)

@@ -9,8 +9,8 @@ Methods (`ssl.method`):
   MLP (Dense → ReLU → Dense) and the standard NT-Xent loss (`jaxcnn.ssl.simclr.nt_xent`).
 - `kmeans`: random 3×3 patches → per-patch brightness/contrast normalisation → ZCA whitening →
   (spherical) k-means with k = the first conv's filters, the best of `ssl.kmeans_n_init` restarts (vmapped)
-  → the first conv's kernel and bias with the whitening folded in (`jaxcnn.ssl.kmeans`); the rest of the trunk keeps the seed's random init.
-  `filters.png` shows the filters.
+  → the first conv's kernel and bias with the whitening folded in (`jaxcnn.ssl.kmeans`); the rest of the
+  trunk keeps the seed's random init. `filters.png` shows the filters.
 - `random`: no pretraining (the baseline).
 
 Pretraining uses every training image without labels (`data.label_fraction` does not apply) and the
