@@ -43,7 +43,8 @@ VARIANTS = {
 
 
 QUESTION = ("How do optimizer, activation and learning rate (variants 0-9), the number of conv layers "
-            "(conv3, conv4) and the pooling type (maxpool) change LeNet-5's test accuracy and overfitting?")
+            "(conv3, conv4) and the pooling type (maxpool) change LeNet-5's test accuracy and overfitting "
+            "on {data}?")  # {data}: the study's data in words (jaxcnn.data.describe_data)
 
 
 def base() -> "ml_collections.ConfigDict":  # noqa: F821

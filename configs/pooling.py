@@ -25,7 +25,7 @@ from jaxcnn.config import COMMON_ALIASES, SMOKE_FLAG, build_config, default_conf
 from jaxcnn.models import model_config
 
 QUESTION = ("Which way of shrinking the feature map (a strided first conv, 4×4 max pooling or 4×4 average "
-            "pooling) gives the best test accuracy and the least overfitting on three CIFAR-100 classes?")
+            "pooling) gives the best test accuracy and the least overfitting on {data}?")  # describe_data
 
 # pooling kind / stride of the first conv
 VARIANTS = {

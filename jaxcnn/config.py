@@ -220,7 +220,11 @@ def default_config() -> ml_collections.ConfigDict:
         log_every=20,  # steps between progress-bar updates
     ))
     config.checkpoint = ml_collections.ConfigDict(dict(keep=3))
-    config.report = ml_collections.ConfigDict(dict(grid_size=36))
+    config.report = ml_collections.ConfigDict(dict(
+        grid_size=36,  # test images in predictions.png (the misclassified ones first)
+        layer_profile=True,  # time and FLOPs per layer in summary.md/json (jaxcnn.profile; a few seconds)
+        train_report=True,  # precision/recall/F1 per class on the training images too (one extra evaluation)
+    ))
     return config
 
 

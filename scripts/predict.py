@@ -3,7 +3,11 @@
 `python scripts/predict.py --workdir runs/lenet3 --test_index 199,7`
 
 Prints the top-k classes with probabilities for each image (for test images with the true label) and
-writes an annotated PNG (test images: green where right, red with the true class where wrong).
+writes an annotated PNG (files: the predicted class and its probability in black; test images: green
+where right, red with the true class where wrong). Each file is compared with the run's own test images
+(up to 500 of them, predicted first): one warning line on stderr when a gray image looks inverted (dark
+on light: try --invert), or else when its prediction looks out of distribution (confidence, entropy,
+brightness or border brightness beyond the test images' extreme percentiles), saying against what.
 A missing or unreadable file gets one error line; the others are still labelled; exit status 1.
 """
 
@@ -14,8 +18,8 @@ import numpy as np
 from absl import flags
 
 from jaxcnn.cli import run
-from jaxcnn.errors import ConfigError, ImageError
-from jaxcnn.predict import load_predictor, top_k
+from jaxcnn.errors import ConfigError, ImageError, UserError
+from jaxcnn.predict import format_top_k, inverted_hint, load_predictor, out_of_distribution
 from jaxcnn.report.plots import prediction_grid
 
 flags.DEFINE_string("workdir", None, "Workdir of a training run (its best checkpoint is used), or a directory "
@@ -59,15 +63,28 @@ def main(argv):
             failed += 1
     if images:
         probabilities = predictor.probabilities(np.stack(images))
-        for name, p in zip(names, probabilities):
-            ranked = ", ".join(f"{c} {prob:.3f}" for c, prob in top_k(p, predictor.class_names, FLAGS.top_k))
-            print(f"{name}: {ranked}")
+        reference, unchecked = None, None
+        if any(t is None for t in truth):
+            try:
+                reference = predictor.reference()
+            except UserError as e:
+                unchecked = str(e)
+        for name, image, t, p in zip(names, images, truth, probabilities):
+            print(f"{name}: {format_top_k(p, predictor.class_names, FLAGS.top_k)}")
+            if reference is not None and t is None:  # the run's own test images are the reference
+                hint = inverted_hint(reference, image, FLAGS.invert)
+                reasons = [] if hint else out_of_distribution(reference, image, p)
+                if hint or reasons:
+                    print(f"warning: {name}: " + (hint or "possibly out of distribution: " + "; ".join(reasons)),
+                          file=sys.stderr)
+        if unchecked:
+            print(f"note: the images were not checked against the model's test images: {unchecked}", file=sys.stderr)
         if out:
             pred = probabilities.argmax(-1)
-            labels = np.array([p if t is None else t for p, t in zip(pred, truth)])  # files: no ground truth
+            labels = np.array([-1 if t is None else t for t in truth])  # files: no ground truth
             prediction_grid(np.stack(images), labels, pred, predictor.class_names, out,
                             "predictions (" + (f"checkpoint of epoch {predictor.epoch})" if predictor.epoch
-                                               else "converted weights)"))
+                                               else "converted weights)"), probabilities=probabilities)
             print(f"annotated images: {out}")
     sys.exit(1 if failed else 0)
 

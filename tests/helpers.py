@@ -18,7 +18,8 @@ from jaxcnn.config import load_config_module
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The runs started here compute on the backend the test process uses (their results are compared with in-process runs).
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-SMALL = "3,data.max_train=500,data.max_test=200,epochs=3,optim.schedule=cosine"  # a 3-epoch LeNet run
+SMALL = ("3,data.max_train=500,data.max_test=200,epochs=3,optim.schedule=cosine,"
+         "report.layer_profile=False")  # a 3-epoch LeNet run (the profile: tests/test_train.py)
 
 
 def config_module(name: str) -> ModuleType:

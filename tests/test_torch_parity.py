@@ -218,7 +218,7 @@ def train_both(case: str, x64: bool = False, mutate=None) -> dict:
         moved = max(float(np.abs(trained[k] - start[k]).max()) for k in ours if k not in stats
                     and not k.endswith("num_batches_tracked"))
 
-        # evaluation: logits, make_eval_fn (loss sum, predictions), make_predict_fn (probabilities)
+        # evaluation: logits, make_eval_fn (loss sum, predictions, confidences), make_predict_fn (probabilities)
         model = trainer.model
         model.eval()
         twin.eval()
@@ -227,7 +227,7 @@ def train_both(case: str, x64: bool = False, mutate=None) -> dict:
         with torch.no_grad():
             torch_logits = twin(to_torch(eval_images))
         padded = pad_for_eval(eval_images, eval_labels, 32)
-        loss_sum, correct, predictions = steps.make_eval_fn(graphdef, trainer.preprocess, 32)(state, *padded)
+        loss_sum, correct, predictions, confidences = steps.make_eval_fn(graphdef, trainer.preprocess, 32)(state, *padded)
         probabilities = steps.make_predict_fn(graphdef, trainer.preprocess)(state, eval_images)
         torch_loss_sum = torch.nn.functional.cross_entropy(torch_logits, torch.from_numpy(eval_labels.astype(np.int64)),
                                                            reduction="sum").item()
@@ -244,6 +244,8 @@ def train_both(case: str, x64: bool = False, mutate=None) -> dict:
         "logits": float(np.abs(logits - torch_logits.numpy()).max()),
         "probabilities": float(np.abs(np.asarray(probabilities) - torch.softmax(torch_logits, 1).numpy()).max()),
         "eval_loss_sum": abs(float(loss_sum) - torch_loss_sum) / len(eval_images),
+        "confidences": float(np.abs(np.asarray(confidences)[:len(eval_images)]
+                                    - torch.softmax(torch_logits, 1).max(1).values.numpy()).max()),
         "predictions_equal": bool((np.asarray(predictions)[:len(eval_images)] == torch_predictions).all()),
         "correct": int(correct) == int((torch_predictions == eval_labels).sum()),
     }
@@ -253,7 +255,7 @@ def check(case: str, result: dict) -> None:
     tol = CASES[case][3]
     assert result["steps"] == len(result["torch_losses"]) == STEPS_PER_EPOCH * EPOCHS
     assert result["moved"] > 1e-3, result["moved"]  # both really trained
-    for key in ("loss", "params", "bn_stats", "logits", "probabilities", "eval_loss_sum"):
+    for key in ("loss", "params", "bn_stats", "logits", "probabilities", "eval_loss_sum", "confidences"):
         assert result[key] <= tol, (key, result[key], tol)
     assert result["predictions_equal"] and result["correct"]
 

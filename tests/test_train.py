@@ -62,7 +62,8 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     text = (workdir / "summary.md").read_text()
     assert f"{summary['final_test_accuracy']:.4f}" in text and "61,706" in text
     # what ran, and where
-    assert text.startswith("# lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k\n")
+    assert text.startswith("# LeNet-5, variant 3: Adam, ReLU, lr 0.001, avg pooling, seed 0 "
+                           "on the embedded MNIST subset\n")
     assert summary["device"] == jax.devices()[0].device_kind and f"{os.cpu_count()} CPUs" in summary["machine"]
     assert f"| machine | {summary['machine']} |" in text
     worst = confused_pairs(matrix, [str(c) for c in range(10)])[0]  # the largest off-diagonal cell
@@ -87,6 +88,38 @@ def test_run_outputs_hold_the_right_numbers(variant3_run):
     # latest 3 and the best epoch are kept
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == sorted({18, 19, 20, best["epoch"]})
+
+
+def test_the_report_holds_the_train_set_classes_and_the_time_per_layer(variant3_run):
+    """per_class_train.csv is scikit-learn's report of the final checkpoint on the training images;
+    summary.md's per-layer table holds summary.json's profile."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from jaxcnn.data import load_dataset
+    from jaxcnn.predict import load_predictor
+    from jaxcnn.profile import Profile, rows
+
+    workdir, summary = variant3_run
+    dataset = load_dataset(lenet.get_config("3").data)
+    predictor = load_predictor(workdir, epoch=20)  # the final model
+    predicted = predictor.probabilities(dataset.train_images).argmax(-1)
+    precision, recall, f1, support = precision_recall_fscore_support(dataset.train_labels, predicted, zero_division=0)
+    table = read_csv(workdir / "per_class_train.csv")
+    np.testing.assert_allclose([[float(r[k]) for k in ("precision", "recall", "f1")] for r in table],
+                               np.stack([precision, recall, f1], 1), atol=1e-4)
+    assert [int(r["support"]) for r in table] == list(support) and sum(support) == 4000
+    assert summary["final_model_train_accuracy"] == pytest.approx((predicted == dataset.train_labels).mean())
+    text = (workdir / "summary.md").read_text()
+    section = text.split("## Per class")[1].split("##")[0]
+    assert f"| 3 | {float(read_csv(workdir / 'per_class.csv')[3]['precision']):.4f} |" in section
+    assert f"| {table[3]['recall']} | {table[3]['f1']} | {table[3]['support']} |" in section
+    profile = Profile.from_json(summary["layer_profile"])
+    assert [x.name for x in profile.layers] == ["conv1", "conv2", "fc1", "fc2", "fc3"] and profile.batch_size == 100
+    layers = text.split("## Time per layer")[1]
+    for row in rows(profile):
+        assert "| " + " | ".join(map(str, row)) + " |" in layers
+    with Image.open(workdir / "layers.png") as image:
+        assert image.size[0] > 300
 
 
 def tensorboard_events(folder) -> dict[tuple[str, str], list[tuple[int, object]]]:

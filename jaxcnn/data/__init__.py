@@ -10,6 +10,27 @@ from jaxcnn.errors import ConfigError
 SOURCES = ("embedded", "tfds:NAME", "NAME (a TFDS dataset)", "folder:PATH")
 
 
+KNOWN_NAMES = {"embedded": "the embedded MNIST subset", "mnist": "MNIST", "cifar10": "CIFAR-10",
+               "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST"}
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def describe_data(data: ml_collections.ConfigDict) -> str:
+    """The data a config trains on, in words, without loading it: `three classes (0, 55, 58) of CIFAR-100`,
+    `the embedded MNIST subset`, `the image folder /data/signs`."""
+    source = data.source
+    if source.startswith("folder:"):
+        name = f"the image folder {source[len('folder:'):]}"
+    else:
+        base = source.removeprefix("tfds:").split(":")[0].split("/")[0]
+        name = KNOWN_NAMES.get(base, base)
+    if not data.classes:
+        return name
+    count = len(data.classes)
+    return (f"{NUMBERS[count] if count < len(NUMBERS) else count} classes ({', '.join(map(str, data.classes))}) "
+            f"of {name}")
+
+
 def load_dataset(data: ml_collections.ConfigDict) -> Dataset:
     """Loads the dataset `data.source` names, with the class subset and size limits applied.
 

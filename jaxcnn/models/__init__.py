@@ -23,6 +23,8 @@ from jaxcnn.models.layers import INITS, torch_init
 
 MODELS: dict[str, ModuleType] = {"lenet5": lenet, "pooling_cnn": pooling, "resnet18": resnet, "resnet34": resnet,
                                  "alexnet": alexnet, "ssl_cnn": ssl_cnn}
+TITLES = {"lenet5": "LeNet-5", "pooling_cnn": "Pooling CNN", "resnet18": "ResNet-18", "resnet34": "ResNet-34",
+          "alexnet": "AlexNet", "ssl_cnn": "SSL CNN"}  # for titles and reports
 DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}  # bfloat16: bf16 compute, float32 parameters and logits
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxcnn import faults
 from jaxcnn.files import atomic_path, read_json_lines, write_atomic, write_json
+from jaxcnn.profile import HEADER, METHOD, Profile, rows, summary_line
 from jaxcnn.report import plots
 from jaxcnn.report.markdown import table
 from jaxcnn.report.metrics import best_record, confusion_matrix, per_class_report
@@ -21,6 +22,8 @@ from jaxcnn.report.metrics import best_record, confusion_matrix, per_class_repor
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
 PER_CLASS_CSV = "per_class.csv"
+PER_CLASS_TRAIN_CSV = "per_class_train.csv"  # the same for the final model on the training images
+LAYERS_PNG = "layers.png"
 CONFUSION_CSV = "confusion_matrix.csv"
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
            "epoch_time_s", "eval_time_s")
@@ -38,9 +41,10 @@ def read_summary(workdir: pathlib.Path) -> dict[str, Any]:
     return json.loads((workdir / SUMMARY_JSON).read_text())
 
 
-def read_per_class(workdir: pathlib.Path) -> dict[str, list]:
-    """per_class.csv: {"class": names, "precision"/"recall"/"f1": floats, "support": ints}."""
-    with open(workdir / PER_CLASS_CSV, newline="") as f:
+def read_per_class(workdir: pathlib.Path, name: str = PER_CLASS_CSV) -> dict[str, list]:
+    """per_class.csv (or `name`: PER_CLASS_TRAIN_CSV): {"class": names, "precision"/"recall"/"f1": floats,
+    "support": ints}."""
+    with open(workdir / name, newline="") as f:
         rows = list(csv.DictReader(f))
     return {"class": [r["class"] for r in rows],
             **{k: [float(r[k]) for r in rows] for k in ("precision", "recall", "f1")},
@@ -102,9 +106,11 @@ def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s
 
 def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str, Any]], summary: dict[str, Any],
                   class_names: Sequence[str], test_images: np.ndarray, test_labels: np.ndarray,
-                  predictions: np.ndarray, grid_size: int) -> None:
-    """Figures, per-class report and summary.md for the final model's test predictions; summary.json,
-    which marks a finished run, comes last."""
+                  predictions: np.ndarray, grid_size: int, confidences: np.ndarray | None = None,
+                  train: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Figures, per-class reports and summary.md for the final model's test predictions (with their
+    `confidences`, the probabilities of the predicted classes) and, given `train` = (labels, predictions),
+    its predictions on the training images; summary.json, which marks a finished run, comes last."""
     matrix = confusion_matrix(test_labels, predictions, len(class_names))
     report = per_class_report(matrix)
     plots.learning_curves(history, workdir / "learning_curves.png", title)
@@ -116,20 +122,36 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
     caption = (f"{min(len(wrong), grid_size)} of the {len(wrong)} misclassified test images"
                + (", then correct ones" if len(wrong) < len(shown) else ""))
     plots.prediction_grid(test_images[shown], test_labels[shown], predictions[shown], class_names,
-                          workdir / "predictions.png", f"{title}: {caption}")
-    per_class = [[name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")), int(report["support"][i])]
-                 for i, name in enumerate(class_names)]
-    with atomic_path(workdir / PER_CLASS_CSV) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        writer.writerows(per_class)
+                          workdir / "predictions.png", f"{title}: {caption} (predicted class and its probability)",
+                          None if confidences is None else confidences[shown])
+    per_class = _write_per_class(workdir / PER_CLASS_CSV, class_names, report)
+    per_class_train = None
+    if train is not None:
+        train_matrix = confusion_matrix(*train, len(class_names))
+        per_class_train = _write_per_class(workdir / PER_CLASS_TRAIN_CSV, class_names, per_class_report(train_matrix))
+        summary["final_model_train_accuracy"] = float(np.trace(train_matrix) / max(train_matrix.sum(), 1))
     with atomic_path(workdir / CONFUSION_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([CONFUSION_CORNER, *class_names])
         writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
+    profile = Profile.from_json(summary["layer_profile"]) if "layer_profile" in summary else None
+    if profile is not None:
+        plots.layer_costs(profile, workdir / LAYERS_PNG, f"{title}: time per layer")
     confused = confused_pairs(matrix, class_names)
-    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class, confused))
+    write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class, confused, per_class_train,
+                                                           profile))
     write_json(workdir / SUMMARY_JSON, summary)
+
+
+def _write_per_class(path: pathlib.Path, class_names: Sequence[str], report: dict[str, np.ndarray]) -> list[list]:
+    """per_class.csv's rows (class, precision, recall, F1, support), written atomically and returned."""
+    rows = [[name, *(f"{report[k][i]:.4f}" for k in ("precision", "recall", "f1")), int(report["support"][i])]
+            for i, name in enumerate(class_names)]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        writer.writerows(rows)
+    return rows
 
 
 def confused_pairs(matrix: np.ndarray, class_names: Sequence[str], most: int = 5) -> list[list[Any]]:
@@ -143,12 +165,16 @@ def confused_pairs(matrix: np.ndarray, class_names: Sequence[str], most: int = 5
 
 
 def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequence[Any]],
-                      confused: Sequence[Sequence[Any]] = ()) -> str:
-    """summary.md: the summary's numbers, the per-class rows (as in per_class.csv), the figures."""
+                      confused: Sequence[Sequence[Any]] = (), per_class_train: Sequence[Sequence[Any]] | None = None,
+                      profile: Profile | None = None) -> str:
+    """summary.md: the summary's numbers, the per-class rows (as in per_class.csv and per_class_train.csv),
+    the most confused pairs, the time per layer, the figures."""
     metrics = [
         (f"final test accuracy (epoch {s['epochs']})", f"{s['final_test_accuracy']:.4f}"),
         (f"best test accuracy (epoch {s['best_epoch']})", f"{s['best_test_accuracy']:.4f}"),
         ("final train accuracy (running mean over the last epoch)", f"{s['final_train_accuracy']:.4f}"),
+        *((("final model on the training images", f"{s['final_model_train_accuracy']:.4f}"),)
+          if "final_model_train_accuracy" in s else ()),
         ("overfitting gap (train − test accuracy, final)", f"{s['overfitting_gap']:+.4f}"),
         ("test loss rise above its minimum", f"{s['test_loss_rise']:.4f}"),
         ("time per epoch (training, mean)", f"{s['mean_epoch_time_s']:.2f} s"),
@@ -159,11 +185,25 @@ def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequenc
           if "device" in s else ()),
         *((("machine", s["machine"]),) if "machine" in s else ()),
     ]
+    if per_class_train is None:
+        per_class_section = ["## Per class (test, final model)", "",
+                             *table(("class", "precision", "recall", "F1", "support"), per_class)]
+    else:
+        per_class_section = [
+            "## Per class (final model: test images, and training images without augmentation)", "",
+            *table(("class", "test precision", "test recall", "test F1", "test images", "train precision",
+                    "train recall", "train F1", "train images"),
+                   [[*test, *train[1:]] for test, train in zip(per_class, per_class_train)]),
+            "", "A train F1 far above the test F1 is that class overfitted."]
+    layers = []
+    if profile is not None:
+        layers = ["", "## Time per layer", "", *table(HEADER, rows(profile)), "", summary_line(profile),
+                  METHOD, "", f"![time per layer]({LAYERS_PNG})"]
     return "\n".join([
         f"# {title}", "", *table(("metric", "value"), metrics),
-        "", "## Per class (test, final model)", "",
-        *table(("class", "precision", "recall", "F1", "support"), per_class),
+        "", *per_class_section,
         *(("", "## Most confused (test, final model)", "",
            *table(("true", "predicted as", "images", "share of the true class"), confused)) if confused else ()),
+        *layers,
         "", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
         "", "![predictions: misclassified test images first](predictions.png)", ""])

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from jaxcnn.config import load_config_module, validate
-from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.data import Dataset, describe_data, load_dataset
 from jaxcnn.errors import ConfigError, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_atomic, write_json
 from jaxcnn.report.markdown import duration
@@ -194,8 +194,10 @@ def run_study(config_path: str, workdir: str | pathlib.Path, seeds: int = 1, var
             message = (run.workdir / DIVERGED).read_text().strip() if state == "diverged" else ""
             records.append(RunRecord(run.variant, run.seed, run.workdir, state if state != "pending" else "failed",
                                      message or ("not finished" if state == "pending" else "")))
-        result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records,
-                              getattr(module, "QUESTION", ""), getattr(module, "BASELINES", None))
+        # the question about the data the runs use (`{data}` in a config's QUESTION)
+        question = getattr(module, "QUESTION", "").replace("{data}", describe_data(runs[0].config.data))
+        result = write_report(workdir, f"Study {pathlib.Path(config_path).name}", records, question,
+                              getattr(module, "BASELINES", None))
     finally:
         lock.release()
     result.update(wall_time_s=wall, trained=len(pending))

@@ -21,11 +21,12 @@ from tqdm import tqdm
 
 from jaxcnn import faults
 from jaxcnn.config import flatten_config, stored_config, validate
-from jaxcnn.data import Dataset, load_dataset
+from jaxcnn.data import Dataset, describe_data, load_dataset
 from jaxcnn.data.device import pad_for_eval
 from jaxcnn.errors import Interrupted, TrainingDivergedError, WorkdirError
 from jaxcnn.files import WorkdirLock, read_json, write_json
-from jaxcnn.models import count_params
+from jaxcnn.models import TITLES, count_params
+from jaxcnn.profile import profile_config
 from jaxcnn.report.metrics import best_record
 from jaxcnn.report.run import machine_name, read_history, summarize, write_history, write_outputs
 from jaxcnn.train import init, sharding
@@ -34,7 +35,8 @@ from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
-RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh",
+                     "report.grid_size", "report.layer_profile", "report.train_report")  # outputs only
 _MISSING = object()
 
 
@@ -54,16 +56,24 @@ def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> s
 HPARAM_METRICS = ("final_test_accuracy", "best_test_accuracy", "overfitting_gap", "mean_epoch_time_s")
 
 
-def run_title(config: ml_collections.ConfigDict, dataset: str) -> str:
-    """What ran, for titles: `lenet5, variant 3: adam lr 0.001, relu, avg pooling, seed 0 on mnist5k`."""
-    model = config.model
-    details = [f"{config.optim.name} lr {config.optim.learning_rate:g}"]
-    details += [str(model.activation)] if "activation" in model else []
+OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+ACTIVATION_TITLES = {"relu": "ReLU", "tanh": "Tanh", "elu": "ELU", "sigmoid": "Sigmoid"}
+
+
+def run_title(config: ml_collections.ConfigDict) -> str:
+    """What ran, for titles: `LeNet-5, variant 3: Adam, ReLU, lr 0.001, avg pooling, seed 0 on the embedded
+    MNIST subset`."""
+    model, optim = config.model, config.optim
+    details = [OPTIMIZER_TITLES.get(optim.name, optim.name)
+               + (f" momentum {optim.momentum:g}" if optim.name == "sgd" and optim.momentum else "")]
+    details += [ACTIVATION_TITLES.get(model.activation, str(model.activation))] if "activation" in model else []
+    details.append(f"lr {optim.learning_rate:g}")
     details += [f"{model.pooling} pooling"] if "pooling" in model else []
     if model.get("extra_conv_layers"):
         details.append(f"+{model.extra_conv_layers} conv")
     variant = f", variant {config.variant}" if config.variant else ""
-    return f"{model.name}{variant}: {', '.join(details)}, seed {config.seed} on {dataset}"
+    return (f"{TITLES.get(model.name, model.name)}{variant}: {', '.join(details)}, seed {config.seed} "
+            f"on {describe_data(config.data)}")
 
 
 def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -307,9 +317,9 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
     eval_graphdef, _ = nnx.split(trainer.model)
     model_states = lambda: trainer.stacked([nnx.state(m) for m in trainer.models])
     t0 = time.perf_counter()
-    eval_fn = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size, grouped=size > 1,
-                           constrain=trainer.constrain)
-    eval_fn = eval_fn.lower(model_states(), test_x, test_y, test_mask).compile()
+    eval_jit = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size, grouped=size > 1,
+                            constrain=trainer.constrain)
+    eval_fn = eval_jit.lower(model_states(), test_x, test_y, test_mask).compile()
     for model in trainer.models:
         model.train()
     if not start:
@@ -317,9 +327,9 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
             run.compile_time = trainer.compile_time + time.perf_counter() - t0
 
     def evaluate():
-        loss, correct, predictions = eval_fn(model_states(), test_x, test_y, test_mask)
+        loss, correct, predictions, confidences = eval_fn(model_states(), test_x, test_y, test_mask)
         return (np.asarray(loss).reshape(size), np.asarray(correct).reshape(size),
-                np.asarray(predictions).reshape(size, -1))
+                np.asarray(predictions).reshape(size, -1), np.asarray(confidences).reshape(size, -1))
 
     n_test = len(dataset.test_labels)
     name = config.variant if size == 1 else f"{size} runs"
@@ -344,7 +354,7 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
                 raise KeyboardInterrupt
             epoch_time = (time.perf_counter() - t0) / size
             t0 = time.perf_counter()
-            test_loss, test_correct, predictions = evaluate()
+            test_loss, test_correct, predictions, confidences = evaluate()
             eval_time = (time.perf_counter() - t0) / size
             for g, (run, (loss_sum, correct, count)) in enumerate(zip(runs, sums)):
                 if run.error:
@@ -376,7 +386,13 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
         bar.close()
 
     if predictions is None:  # nothing left to train: evaluate the restored final models
-        predictions = evaluate()[2]
+        predictions, confidences = evaluate()[2:]
+    train_predictions = None
+    if config.report.train_report:  # the final models on the training images, as on the test set (no augmentation)
+        train_x, train_y, train_mask = sharding.put(pad_for_eval(
+            dataset.train_images, dataset.train_labels, config.train.eval_batch_size), trainer.replicated)
+        train_predictions = np.asarray(eval_jit(model_states(), train_x, train_y, train_mask)[2]).reshape(size, -1)
+        del train_x, train_y, train_mask
     results = []
     for g, run in enumerate(runs):
         if run.error:
@@ -386,10 +402,15 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
                        backend=jax.default_backend(), device=jax.devices()[0].device_kind, machine=machine_name(),
                        loop=trainer.loop, group_size=size, **run.init_info)
-        title = run_title(run.config, dataset.name)
+        title = run_title(run.config)
         if run.primary:
+            if run.config.report.layer_profile:
+                summary["layer_profile"] = profile_config(run.config, dataset.num_classes, trainer.models[g]).to_json()
+            train = None if train_predictions is None else (
+                dataset.train_labels, train_predictions[g][:len(dataset.train_labels)])
             run.hparams(summary)
             write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
-                          dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size)
+                          dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size,
+                          confidences[g][:n_test], train)
         results.append(summary)
     return results

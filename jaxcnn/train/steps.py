@@ -90,8 +90,9 @@ def make_epoch_fns(graphdef: nnx.GraphDef, objective: Objective, grouped: bool =
 
 def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int, grouped: bool = False,
                  constrain: Callable[[jax.Array], jax.Array] = lambda x: x):
-    """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions)`
-    over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out.
+    """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions,
+    confidences)` over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out.
+    `confidences` are the probabilities (softmax) of the predicted classes.
     `grouped`: the state has a leading member axis, and so do the results."""
 
     def evaluate(state, images, labels, mask):
@@ -102,11 +103,12 @@ def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int
             logits = model(constrain(preprocess(x)))
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             pred = jnp.argmax(logits, -1)
-            return jnp.sum(loss * m), jnp.sum((pred == y) * m), pred
+            confidence = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+            return jnp.sum(loss * m), jnp.sum((pred == y) * m), pred, confidence
 
         shape = lambda a: a.reshape(-1, batch_size, *a.shape[1:])
-        losses, correct, preds = jax.lax.map(batch, (shape(images), shape(labels), shape(mask)))
-        return losses.sum(), correct.sum(), preds.reshape(-1)
+        losses, correct, preds, confidences = jax.lax.map(batch, (shape(images), shape(labels), shape(mask)))
+        return losses.sum(), correct.sum(), preds.reshape(-1), confidences.reshape(-1)
 
     return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)) if grouped else evaluate)
 
