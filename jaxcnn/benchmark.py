@@ -6,12 +6,21 @@ strategies: `python` (a Python loop of the jitted step) and `scan` (the whole ep
 the figures are medians over the epochs after it. The PyTorch reference (the study's loop: the model
 on the device, the data in host memory, each batch sliced, scaled to [0, 1] and copied every step) lives
 outside the package, in `scripts/torch_reference.py`, and is passed in by `scripts/benchmark.py`.
+
+Across backends (`compare_backends`): the same benchmark in one child process per backend (`JAX_PLATFORMS`
+set to it: the `Trainer` shards over `jax.devices()`, which `jax.default_device` would not change, and each
+child's PyTorch loop follows its JAX backend), then time per epoch, `PROJECTED_EPOCHS` × it and the speed-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from types import ModuleType
@@ -23,12 +32,15 @@ import numpy as np
 
 from jaxcnn.config import validate
 from jaxcnn.data import Dataset, load_dataset
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, UserError
+from jaxcnn.report.markdown import duration
 from jaxcnn.report.run import machine_name
+from jaxcnn.study.stats import PROJECTED_EPOCHS  # as the study report's projection
 from jaxcnn.train.steps import resolve_loop
 from jaxcnn.train.trainer import Trainer
 
 LOOPS = ("python", "scan")
+BACKENDS = ("cpu", "gpu", "tpu")  # JAX's backend names (`jax.default_backend()`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +92,15 @@ class Report:
         return {"setup": self.setup, "machine": self.machine, "backend": self.backend,
                 "device_kind": self.device_kind, "results": results, "faster_loop": self.faster_loop,
                 "auto_loop": resolve_loop("auto"), "torch_skipped": self.torch_skipped}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """The report `to_json` wrote (its derived numbers are recomputed)."""
+        fields = [f.name for f in dataclasses.fields(Result)]
+        results = tuple(Result(**{k: tuple(r[k]) if isinstance(r[k], list) else r[k] for k in fields})
+                        for r in data["results"])
+        return cls(data["setup"], data["machine"], data["backend"], data["device_kind"], results,
+                   data["torch_skipped"])
 
 
 def training_set(config: ml_collections.ConfigDict, repeat: int = 1) -> Dataset:
@@ -167,6 +188,133 @@ def format_table(report: Report) -> str:
         lines += ["", f"faster epoch strategy on {report.backend}: {report.faster_loop}, "
                       f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower} "
                       f"(train.loop=auto picks {resolve_loop('auto')})"]
+    return "\n".join(lines)
+
+
+def parse_backends(names: Sequence[str]) -> list[str]:
+    """`--backends` values: `all` (every one of `BACKENDS`) or names from `BACKENDS`; ConfigError naming a bad one."""
+    valid = ("all", *BACKENDS)
+    bad = [n for n in names if n.strip().lower() not in valid]
+    if bad or not names:
+        what = f"unknown backend {', '.join(repr(n) for n in bad)}" if bad else "no backend given"
+        raise ConfigError(f"--backends={','.join(names)}: {what}; valid: {', '.join(valid)} "
+                          "(e.g. --backends=all or --backends=cpu,gpu)")
+    wanted = {n.strip().lower() for n in names}
+    return [b for b in BACKENDS if b in wanted or "all" in wanted]
+
+
+# Run in a child process, so that the process measuring nothing initialises no backend (on a GPU, JAX
+# would hold the card's memory while the measuring children run).
+_PROBE = """
+import json, sys
+import jax
+found = {}
+for name in sys.argv[1:]:
+    try:
+        jax.devices(name)
+    except RuntimeError as e:
+        found[name] = {"error": (str(e).strip().splitlines() or [type(e).__name__])[0]}
+        continue
+    for platform in ({"gpu": ("cuda", "rocm", "oneapi")}.get(name) or (name,)):  # JAX_PLATFORMS needs these
+        try:
+            found[name] = {"platform": platform, "device_kind": jax.devices(platform)[0].device_kind}
+            break
+        except RuntimeError:
+            pass
+    else:
+        found[name] = {"error": f"no JAX_PLATFORMS value found for {name}"}
+print(json.dumps(found))
+"""
+
+
+def probe_backends(names: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Which of `names` JAX sees here (in a child process, with this environment):
+    ({backend: its JAX_PLATFORMS value, e.g. gpu: cuda}, {backend: why JAX does not see it})."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *names], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise UserError(f"asking JAX which backends it sees failed: {last}")
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    platforms = {n: found[n]["platform"] for n in names if "platform" in found[n]}
+    missing = {n: found[n]["error"] for n in names if "error" in found[n]}
+    if os.environ.get("JAX_PLATFORMS"):
+        missing = {n: f"{why} (JAX_PLATFORMS={os.environ['JAX_PLATFORMS']} is set)" for n, why in missing.items()}
+    return platforms, missing
+
+
+def unavailable_line(missing: dict[str, str], measured: Sequence[str]) -> str:
+    """One line: which backends JAX does not see and why, and what was measured instead."""
+    names = "/".join(n.upper() for n in missing)
+    # each reason's first sentence (JAX goes on to list the platforms present)
+    why = "; ".join(f"jax.devices('{n}') failed: {reason.split('. ')[0]}" for n, reason in missing.items())
+    done = f"measured the {' and '.join(b.upper() for b in measured)} only" if measured else "nothing to measure"
+    return f"no {names} visible to JAX ({why}); {done}"
+
+
+def measure_backends(command: Sequence[str], platforms: dict[str, str], log=print) -> dict[str, Report]:
+    """Runs `command` (the single-backend benchmark, taking `--json=PATH`, e.g. `scripts/benchmark.py` and
+    its flags) once per backend, one after another, with JAX_PLATFORMS set to it; their tables pass through.
+
+    Returns:
+      {backend: the Report its process wrote}.
+    """
+    reports = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, platform in platforms.items():
+            out = os.path.join(tmp, f"{name}.json")
+            log(f"== {name} (JAX_PLATFORMS={platform}) ==")
+            sys.stdout.flush()  # before the child's output, which goes to the same stdout
+            proc = subprocess.run([*command, f"--json={out}"], env=dict(os.environ, JAX_PLATFORMS=platform))
+            if proc.returncode != 0:
+                raise UserError(f"the benchmark on {name} failed (exit status {proc.returncode}; see above)")
+            with open(out) as f:
+                reports[name] = Report.from_json(json.load(f))
+            if reports[name].backend != name:
+                raise UserError(f"JAX_PLATFORMS={platform} ran on {reports[name].backend}, not {name}")
+            log("")
+    return reports
+
+
+def compare_backends(reports: dict[str, Report], missing: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per method: the median epoch time on each backend, `PROJECTED_EPOCHS` × it, and the speed-up of
+    each other backend over the reference (the CPU where measured, else the first) = reference time ÷ its time."""
+    if not reports:
+        raise ValueError("compare_backends: no reports")
+    reference = "cpu" if "cpu" in reports else next(iter(reports))
+    methods = list(dict.fromkeys(r.method for report in reports.values() for r in report.results))
+    rows = []
+    for method in methods:
+        times = {b: r.epoch_time_s for b, report in reports.items() for r in report.results if r.method == method}
+        rows.append({"method": method, "epoch_time_s": times,
+                     "projected_s": {b: PROJECTED_EPOCHS * t for b, t in times.items()},
+                     "speedup": {b: times[reference] / t for b, t in times.items()
+                                 if b != reference and reference in times}})
+    return {"projected_epochs": PROJECTED_EPOCHS, "reference": reference, "methods": rows,
+            "unavailable": dict(missing or {}), "backends": {b: r.to_json() for b, r in reports.items()}}
+
+
+def format_backends(comparison: dict[str, Any]) -> str:
+    """`compare_backends`' numbers as a text table, with the devices and the backends JAX did not see."""
+    backends, reference = comparison["backends"], comparison["reference"]
+    others = [b for b in backends if b != reference]
+    n = comparison["projected_epochs"]
+    lines = [f"Across backends: {next(iter(backends.values()))['setup']}"]
+    if comparison["unavailable"]:
+        lines.append(unavailable_line(comparison["unavailable"], list(backends)))
+    lines += [f"{b}: " + (f"{r['device_kind']}; " if r["device_kind"] != b else "") + r["machine"]
+              for b, r in backends.items()]
+    header = f"{'method':<16}" + "".join(f"{b + ' epoch':>14}{f'{n} epochs':>18}" for b in backends)
+    lines += ["", header + "".join(f"{f'{b} vs {reference}':>14}" for b in others)]
+    for row in comparison["methods"]:
+        name = f"jax {row['method']}" if row["method"] in LOOPS else row["method"]
+        cells = "".join(f"{row['epoch_time_s'][b]:>12.3f} s{duration(row['projected_s'][b]):>18}"
+                        if b in row["epoch_time_s"] else f"{'-':>14}{'-':>18}" for b in backends)
+        speed = "".join(f"{row['speedup'][b]:>13.2f}x" if b in row["speedup"] else f"{'-':>14}" for b in others)
+        lines.append(f"{name:<16}{cells}{speed}")
+    lines += ["", f"{n} epochs = {n} × the median epoch time (compile time, in the tables above, not included)"
+              + (f"; speed-up = the {reference} epoch time ÷ the other backend's" if others
+                 else f"; speed-up: only {reference} was measured")]
     return "\n".join(lines)
 
 

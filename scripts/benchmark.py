@@ -10,6 +10,12 @@ torchvision model (channels-last; bf16 autocast on CUDA):
     python scripts/benchmark.py --config "configs/transfer.py:resnet18_scratch,data=embedded,data.max_train=64,\
 batch_size=16,data.random_resized_crop=False,data.hflip=False,data.eval_crop_pct=0" --epochs 2 --loop python
 
+The same config on every backend JAX sees (one process each, JAX_PLATFORMS set to it; the PyTorch loop
+follows, on CUDA with a GPU): time per epoch, projected 100 epochs, speed-up over the CPU; without a GPU it
+says so and measures the CPU:
+
+    python scripts/benchmark.py --config configs/lenet.py:3 --backends=all     # or --backends=cpu,gpu
+
 The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is skipped.
 
 Data-parallel scaling (same global batch over 1, 2, 4, 8 devices; on a CPU simulate devices):
@@ -21,13 +27,17 @@ Data-parallel scaling (same global batch over 1, 2, 4, 8 devices; on a CPU simul
 import importlib.util
 import json
 import pathlib
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcnn.benchmark import LOOPS, format_scaling, format_table, run_benchmark, run_scaling
+from jaxcnn.benchmark import (BACKENDS, LOOPS, compare_backends, format_backends, format_scaling, format_table,
+                              measure_backends, parse_backends, probe_backends, run_benchmark, run_scaling,
+                              unavailable_line)
 import torch_reference  # scripts/torch_reference.py: the PyTorch loop, outside the package
 from jaxcnn.cli import run
+from jaxcnn.config import validate
 from jaxcnn.errors import ConfigError
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
@@ -41,11 +51,16 @@ flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_list("devices", None, "Measure data-parallel scaling over these device counts (e.g. 1,2,4,8) "
                   "with the first --loop, instead of the PyTorch comparison.")
+flags.DEFINE_list("backends", None, f"Measure on each of these backends, one process each: all, or from "
+                  f"{','.join(BACKENDS)}; prints time per epoch, projected 100 epochs and the speed-up over the CPU.")
 
 
 def main(argv):
     del argv
     f = flags.FLAGS
+    if f.backends:
+        compare(f)
+        return
     if f.devices:
         if not all(n.isdigit() and int(n) > 0 for n in f.devices):
             raise ConfigError(f"--devices={','.join(f.devices)}: give device counts >= 1, e.g. 1,2,4,8")
@@ -63,6 +78,23 @@ def main(argv):
     print(format_table(report))
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def compare(f) -> None:
+    """--backends: this command once per backend JAX sees (a child process each, without --backends), then
+    the comparison."""
+    if f.devices:
+        raise ConfigError("--backends and --devices measure different things; give one of them")
+    names = parse_backends(f.backends)
+    validate(f.config)  # here, not once per child
+    platforms, missing = probe_backends(names)
+    if not platforms:
+        raise ConfigError(unavailable_line(missing, []))
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), *sys.argv[1:], "--backends="]
+    comparison = compare_backends(measure_backends(command, platforms), missing)
+    print(format_backends(comparison))
+    if f.json:
+        pathlib.Path(f.json).write_text(json.dumps(comparison, indent=2) + "\n")
 
 
 if __name__ == "__main__":

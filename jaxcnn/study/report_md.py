@@ -52,6 +52,7 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
         "above 1 means the run was trained together with others in one vmapped program; its time per "
         "epoch is then the group's wall time divided by the group size.", "",
     ]
+    lines += _backends_section(by_variant)
     lines += _failed_section(runs)
     lines += _baseline_section(result["against_baseline"])
     lines += _ranking_section(result, stats)
@@ -129,6 +130,40 @@ def _times_table(stats: dict[str, dict]) -> list[str]:
          duration(s["projected_100_epochs_s"]), number(s["compile_time_s_mean"], ".1f", " s"),
          listing(s["num_params"], ","), listing(s["group_size"])]
         for v, s in stats.items()])
+
+
+def _backends_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
+    """CPU vs GPU: per variant and backend (from each finished run's summary.json), the mean training time
+    per epoch over that backend's seeds, projected to 100 epochs, and the speed-up over the CPU; only
+    when the finished runs span more than one backend."""
+    finished = [f for done in by_variant.values() for f in done]
+    backends = list(dict.fromkeys(b for f in finished if (b := f.summary.get("backend"))))
+    if len(backends) < 2:
+        return []
+    rows = []
+    for v, done in by_variant.items():
+        times, runs = {}, {}
+        for b in backends:
+            runs[b] = [f for f in done if f.summary.get("backend") == b and f.value("mean_epoch_time_s") is not None]
+            if runs[b]:
+                times[b] = float(np.mean([f.value("mean_epoch_time_s") for f in runs[b]]))
+        for b, t in times.items():
+            device = listing(unique([f.summary.get("machine") if f.summary.get("device") in (None, b)
+                                     else f.summary.get("device") for f in runs[b]]))
+            speedup = number(times["cpu"] / t, ".2f", "×") if "cpu" in times else MISSING
+            rows.append([v, b, device, ", ".join(str(f.record.seed) for f in runs[b]), number(t, ".3f", " s"),
+                         duration(PROJECTED_EPOCHS * t), listing(unique([f.value("group_size") for f in runs[b]])),
+                         speedup])
+    return ["## CPU vs GPU", "",
+            f"This study's finished runs trained on {len(backends)} backends ({', '.join(backends)}; each run's "
+            "summary.json records its backend and device). Per variant and backend: the mean over that backend's "
+            f"seeds of the training time per epoch (without evaluation or compile), {PROJECTED_EPOCHS} × it, and "
+            "the speed-up = the CPU's time per epoch ÷ this backend's (– without CPU runs of the variant). "
+            "A group size above 1 means vmapped training (the default on GPU/TPU): time per epoch is the group's "
+            "wall time ÷ its size. The times table above averages every seed, whichever backend it ran on. "
+            "Runs on a second backend come from adding seeds there (README, \"CPU vs GPU\").", "",
+            *table(("variant", "backend", "device", "seeds", "time per epoch", f"projected for {PROJECTED_EPOCHS} "
+                    "epochs", "group size", "speed-up vs CPU"), rows), ""]
 
 
 def _interval(mean: float | None, half_width: float | None) -> str:
