@@ -16,6 +16,11 @@ says so and measures the CPU:
 
     python scripts/benchmark.py --config configs/lenet.py:3 --backends=all     # or --backends=cpu,gpu
 
+Which layers cost the time (no training): each conv/dense layer's parameters, FLOPs and time, forward and
+forward + backward, at the config's batch size on this backend (what every run's summary.md also holds):
+
+    python scripts/benchmark.py --config configs/lenet.py:conv4 --layers
+
 The PyTorch reference needs `pip install -e ".[bench]"`; without torch it is skipped.
 
 Data-parallel scaling (same global batch over 1, 2, 4, 8 devices; on a CPU simulate devices):
@@ -29,6 +34,7 @@ import json
 import pathlib
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -38,6 +44,10 @@ from jaxcnn.benchmark import (BACKENDS, LOOPS, compare_backends, format_backends
 import torch_reference  # scripts/torch_reference.py: the PyTorch loop, outside the package
 from jaxcnn.cli import run
 from jaxcnn.config import validate
+from jaxcnn.data import load_dataset
+from jaxcnn.profile import format_text, profile_config
+from jaxcnn.report.run import machine_name
+from jaxcnn.train.loop import run_title
 from jaxcnn.errors import ConfigError
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "lenet.py")
@@ -51,6 +61,8 @@ flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_list("devices", None, "Measure data-parallel scaling over these device counts (e.g. 1,2,4,8) "
                   "with the first --loop, instead of the PyTorch comparison.")
+flags.DEFINE_bool("layers", False, "Print the time and FLOPs per layer of the config's model (jaxcnn.profile) "
+                  "instead of timing training.")
 flags.DEFINE_list("backends", None, f"Measure on each of these backends, one process each: all, or from "
                   f"{','.join(BACKENDS)}; prints time per epoch, projected 100 epochs and the speed-up over the CPU.")
 
@@ -60,6 +72,14 @@ def main(argv):
     f = flags.FLAGS
     if f.backends:
         compare(f)
+        return
+    if f.layers:
+        validate(f.config)
+        profile = profile_config(f.config, load_dataset(f.config.data).num_classes)
+        print(format_text(profile, f"{run_title(f.config)}\nmachine: {machine_name()}; jax {jax.__version__}; "
+                                   f"{jax.default_backend()} ({jax.devices()[0].device_kind})\n"))
+        if f.json:
+            pathlib.Path(f.json).write_text(json.dumps(profile.to_json(), indent=2) + "\n")
         return
     if f.devices:
         if not all(n.isdigit() and int(n) > 0 for n in f.devices):

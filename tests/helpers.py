@@ -11,6 +11,7 @@ import subprocess
 import sys
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from jaxcnn.config import load_config_module
@@ -96,7 +97,40 @@ def check_report_matches_run_folders(study_dir: pathlib.Path, variants, seeds: i
     for png in ("curves.png", "confusion_matrices.png"):
         assert (study_dir / png).stat().st_size > 1000
     _check_variant_settings(study_dir, report, variants)
+    _check_per_class_and_layers(study_dir, report, variants, seeds)
     return rows
+
+
+def _check_per_class_and_layers(study_dir: pathlib.Path, report: str, variants, seeds: int) -> None:
+    """report.md's per-class tables hold the means over seeds of the runs' per_class.csv and
+    per_class_train.csv (F1 and the gap), and its time-per-layer table the means of their summaries' profiles."""
+    from jaxcnn.profile import Profile
+    from jaxcnn.report.run import PER_CLASS_TRAIN_CSV, read_per_class
+
+    runs = {v: [study_dir / v / f"seed_{s}" for s in range(seeds)] for v in variants}
+    for v, folders in runs.items():
+        section = report.split(f"\n### {v} (seed")[1].split("\n### ")[0].split("\n## ")[0]
+        test = [read_per_class(f) for f in folders]
+        train = [read_per_class(f, PER_CLASS_TRAIN_CSV) for f in folders]
+        for i, name in enumerate(test[0]["class"]):
+            f1, train_f1 = (np.mean([pc["f1"][i] for pc in x]) for x in (test, train))
+            line = next(line for line in section.splitlines() if line.startswith(f"| {name} | "))
+            cells = line.strip("| ").split(" | ")
+            assert float(cells[3]) == pytest.approx(f1, abs=1e-4)
+            assert float(cells[7]) == pytest.approx(train_f1, abs=1e-4)
+            assert cells[-1] == f"{train_f1 - f1:+.4f}"
+    summaries = {v: [json.loads((f / "summary.json").read_text()) for f in folders] for v, folders in runs.items()}
+    if not any("layer_profile" in x for ss in summaries.values() for x in ss):
+        assert "## Time per layer" not in report
+        return
+    section = report.split("## Time per layer\n", 1)[1].split("\n## ", 1)[0]
+    for v, ss in summaries.items():
+        profiles = [Profile.from_json(x["layer_profile"]) for x in ss]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {v} | "))
+        cells = line.strip("| ").split(" | ")
+        assert cells[1] == f"{profiles[0].model.params:,}"
+        assert cells[3] == f"{np.mean([1e3 * p.model.time_train_s for p in profiles]):.3f}"
+        assert cells[4] == f"{100 * np.mean([p.by_kind()['conv'] for p in profiles]):.0f} %"
 
 
 def _check_variant_settings(study_dir: pathlib.Path, report: str, variants) -> None:

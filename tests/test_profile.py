@@ -1,12 +1,15 @@
 """The per-layer profile (jaxcnn.profile): which layers it finds, their FLOPs against a count made here in
 NumPy, and that its times add up; the run's copy of it is checked in tests/test_train.py."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 
 from jaxcnn import profile
 from jaxcnn.models import build_model, count_params
-from tests.helpers import config_module
+from tests.helpers import cli, config_module
 
 lenet = config_module("lenet")
 pooling = config_module("pooling")
@@ -75,3 +78,18 @@ def test_strided_conv_and_three_channel_inputs_of_the_pooling_cnn():
     assert p.layers[0].flops_forward == pytest.approx(conv_flops(8, 32, 3, 32, 5, 4, 2), rel=1e-6)
     model = build_model(config.model, 3, (32, 32, 3), 0)
     assert p.model.params == count_params(model) == 33_219
+
+
+def test_benchmark_layers_prints_the_profile_without_training(tmp_path):
+    out = tmp_path / "layers.json"
+    proc = cli("benchmark.py", "--config", "configs/lenet.py:conv3,batch_size=10", "--layers", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    p = profile.Profile.from_json(json.loads(out.read_text()))
+    assert [x.name for x in p.layers] == ["conv1", "conv2", "extra.0", "fc1", "fc2", "fc3"] and p.batch_size == 10
+    assert proc.stdout.startswith("LeNet-5, variant conv3: Adam, ReLU, lr 0.001, avg pooling, +1 conv")
+    for x in p.layers:  # each layer's row: name, shape, parameters, FLOPs and times as in the JSON
+        assert re.search(rf"^{re.escape(x.name)} +{x.shape} +{x.params:,} +{x.flops_forward / 1e6:,.2f} "
+                         rf"+{x.flops_backward / 1e6:,.2f} +{1e3 * x.time_forward_s:.3f} +{1e3 * x.time_train_s:.3f} ",
+                         proc.stdout, re.M), x
+    assert profile.summary_line(p) in proc.stdout
+    assert not (tmp_path / "checkpoints").exists()

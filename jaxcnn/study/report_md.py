@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxcnn.profile import METHOD, OTHER, Profile
 from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, p_value, percent, statistic, table
+from jaxcnn.report.run import confused_pairs
 from jaxcnn.study.runs import STATUSES, FinishedRun, RunRecord, epochs_completed
 from jaxcnn.study.stats import ALPHA, MIN_SEEDS, POWER, PROJECTED_EPOCHS, unique
 
@@ -53,6 +55,7 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
         "epoch is then the group's wall time divided by the group size.", "",
     ]
     lines += _backends_section(by_variant)
+    lines += _layers_section(by_variant)
     lines += _failed_section(runs)
     lines += _baseline_section(result["against_baseline"])
     lines += _ranking_section(result, stats)
@@ -229,21 +232,64 @@ def _ranking_section(result: dict, stats: dict[str, dict]) -> list[str]:
 
 
 def _per_class_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
-    lines = ["## Per class", "", "Test set, final model; precision, recall and F1 are means over the "
-             "variant's finished seeds (from each run's per_class.csv), support is per run.", ""]
+    lines = ["## Per class", "", "Final model; precision, recall and F1 are means over the variant's finished seeds "
+             "(from each run's per_class.csv for the test set and per_class_train.csv for the training images, "
+             "evaluated like the test set: no augmentation), images per run. A train F1 far above the test F1: "
+             "that class is overfitted.", ""]
     for v, done in by_variant.items():
         runs = [f for f in done if f.per_class]
         if not runs:
             continue
         names = runs[0].per_class["class"]
         for f in runs:
-            if f.per_class["class"] != names:
+            if f.per_class["class"] != names or (f.per_class_train and f.per_class_train["class"] != names):
                 raise ValueError(f"variant {v!r}: classes of {f.record.workdir} differ from those of "
                                  f"{runs[0].record.workdir}")
-        mean = {k: np.mean([f.per_class[k] for f in runs], axis=0) for k in ("precision", "recall", "f1", "support")}
-        rows = [[name, *(f"{mean[k][i]:.4f}" for k in ("precision", "recall", "f1")), f"{mean['support'][i]:g}"]
+        keys = ("precision", "recall", "f1", "support")
+        mean = {k: np.mean([f.per_class[k] for f in runs], axis=0) for k in keys}
+        rows = [[name, *(f"{mean[k][i]:.4f}" for k in keys[:3]), f"{mean['support'][i]:g}"]
                 for i, name in enumerate(names)]
+        header = ("class", "test precision", "test recall", "test F1", "test images")
+        if all(f.per_class_train for f in runs):  # runs of earlier versions have the test set only
+            train = {k: np.mean([f.per_class_train[k] for f in runs], axis=0) for k in keys}
+            rows = [[*row, *(f"{train[k][i]:.4f}" for k in keys[:3]), f"{train['support'][i]:g}",
+                     f"{train['f1'][i] - mean['f1'][i]:+.4f}"] for i, row in enumerate(rows)]
+            header += ("train precision", "train recall", "train F1", "train images", "F1 gap (train − test)")
         seeds = ", ".join(str(f.record.seed) for f in runs)
-        lines += [f"### {v} (seed{'s' * (len(runs) != 1)} {seeds})", "",
-                  *table(("class", "precision", "recall", "F1", "support"), rows), ""]
+        lines += [f"### {v} (seed{'s' * (len(runs) != 1)} {seeds})", "", *table(header, rows), ""]
+        confusion = [f.confusion for f in runs if f.confusion is not None]
+        pairs = confused_pairs(np.sum(confusion, axis=0), names, 3) if confusion else []
+        if pairs:
+            lines += ["Most confused (test, summed over seeds): " + "; ".join(
+                f"{t} as {p}: {n} images ({share} of {t})" for t, p, n, share in pairs) + ".", ""]
     return lines
+
+
+def _layers_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
+    """Time per layer across variants (each run's summary.json `layer_profile`, means over seeds): what an
+    extra layer, another pooling or activation costs; only where runs hold a profile."""
+    profiles = {v: [Profile.from_json(f.summary["layer_profile"]) for f in done if "layer_profile" in f.summary]
+                for v, done in by_variant.items()}
+    profiles = {v: p for v, p in profiles.items() if p}
+    if not profiles:
+        return []
+    names = list(dict.fromkeys(x.name for ps in profiles.values() for x in ps[0].layers))
+    rows = []
+    for v, ps in profiles.items():
+        def mean(f):
+            return float(np.mean([f(p) for p in ps]))
+        per_layer = {name: mean(lambda p: next((1e3 * x.time_train_s for x in p.layers if x.name == name),
+                                               np.nan)) for name in names}
+        flops = ps[0].model.flops_forward + ps[0].model.flops_backward
+        rows.append([v, f"{ps[0].model.params:,}", f"{flops / 1e6:,.1f}",
+                     f"{mean(lambda p: 1e3 * p.model.time_train_s):.3f}",
+                     *(f"{100 * mean(lambda p: p.by_kind()[k]):.0f} %" for k in ("conv", "dense", OTHER)),
+                     *(MISSING if np.isnan(per_layer[n]) else f"{per_layer[n]:.3f}" for n in names)])
+    batch = listing(unique([p.batch_size for ps in profiles.values() for p in ps]))
+    return ["## Time per layer", "",
+            f"Forward + backward of the model and of each conv/dense layer alone, in ms per batch of {batch} "
+            "(means over the seeds' profiles; each run's summary.md has its table and layers.png). The shares "
+            "are of the model's forward + backward: conv layers, dense layers, and the rest (activations, "
+            f"pooling, loss). {METHOD}", "",
+            *table(("variant", "parameters", "MFLOP fwd+bwd", "ms model", "conv", "dense", "other",
+                    *(f"ms {n}" for n in names)), rows), ""]

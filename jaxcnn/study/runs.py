@@ -14,8 +14,8 @@ import numpy as np
 
 from jaxcnn.config import flatten_config, stored_config
 from jaxcnn.files import read_json
-from jaxcnn.report.run import (CONFUSION_CSV, PER_CLASS_CSV, SUMMARY_JSON, read_confusion_matrix, read_history,
-                               read_per_class, read_summary)
+from jaxcnn.report.run import (CONFUSION_CSV, PER_CLASS_CSV, PER_CLASS_TRAIN_CSV, SUMMARY_JSON, read_confusion_matrix,
+                               read_history, read_per_class, read_summary)
 
 STATUSES = ("done", "diverged", "failed")
 
@@ -39,6 +39,7 @@ class FinishedRun:
     per_class: dict[str, list] | None
     confusion: np.ndarray | None
     config: dict[str, Any] | None = None  # its config.json, flattened with today's keys (`stored_config`)
+    per_class_train: dict[str, list] | None = None  # the final model on the training images (per_class_train.csv)
 
     def value(self, key: str) -> Any:
         """A summary.json number; group_size is 1 where the summary has none (trained alone)."""
@@ -56,10 +57,12 @@ def load(record: RunRecord) -> FinishedRun:
     except ValueError as e:
         raise ValueError(f"{where}: unreadable {SUMMARY_JSON}: {e}") from None
     per_class = read_per_class(workdir) if (workdir / PER_CLASS_CSV).is_file() else None
+    per_class_train = (read_per_class(workdir, PER_CLASS_TRAIN_CSV) if (workdir / PER_CLASS_TRAIN_CSV).is_file()
+                       else None)
     confusion = read_confusion_matrix(workdir) if (workdir / CONFUSION_CSV).is_file() else None
     stored = read_json(workdir / "config.json")
     config = flatten_config(stored_config(stored)) if isinstance(stored, dict) else None
-    return FinishedRun(record, summary, read_history(workdir), per_class, confusion, config)
+    return FinishedRun(record, summary, read_history(workdir), per_class, confusion, config, per_class_train)
 
 
 def epochs_completed(record: RunRecord) -> int:
