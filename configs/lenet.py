@@ -52,6 +52,7 @@ def base() -> "ml_collections.ConfigDict":  # noqa: F821
     config.model.init = "torch"  # the study ran in PyTorch: its default initialisation
     config.train.epochs = 20
     config.train.batch_size = 100
+    config.report.test_index = (199,)  # the lab: "check predictions on individual test images (e.g. index 199)"
     return config
 
 

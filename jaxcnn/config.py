@@ -224,6 +224,7 @@ def default_config() -> ml_collections.ConfigDict:
         grid_size=36,  # test images in predictions.png (the misclassified ones first)
         layer_profile=True,  # time and FLOPs per layer in summary.md/json (jaxcnn.profile; a few seconds)
         train_report=True,  # precision/recall/F1 per class on the training images too (one extra evaluation)
+        test_index=(),  # test images (0-based) whose predictions summary.md and the study report show
     ))
     return config
 

@@ -119,6 +119,19 @@ def _check_per_class_and_layers(study_dir: pathlib.Path, report: str, variants, 
             assert float(cells[3]) == pytest.approx(f1, abs=1e-4)
             assert float(cells[7]) == pytest.approx(train_f1, abs=1e-4)
             assert cells[-1] == f"{train_f1 - f1:+.4f}"
+    # the individual test images of the configs' report.test_index: each seed's prediction, from test_predictions.csv
+    indices = json.loads((study_dir / variants[0] / "seed_0" / "config.json").read_text())["report"]["test_index"]
+    if indices:
+        section = report.split("## Individual test images\n", 1)[1].split("\n## ", 1)[0]
+        for v, folders in runs.items():
+            cells = next(line for line in section.splitlines() if line.startswith(f"| {v} | ")).strip("| ").split(" | ")
+            for i, cell in zip(indices, cells[1:]):
+                got = [next(r for r in read_csv(f / "test_predictions.csv") if r["index"] == str(i)) for f in folders]
+                right = sum(r["true"] == r["predicted"] for r in got)
+                assert cell == f"{right} of {seeds} right: " + ", ".join(
+                    f"{r['predicted']} ({float(r['probability']):.2f})" for r in got), (v, i)
+    else:
+        assert "## Individual test images" not in report
     summaries = {v: [json.loads((f / "summary.json").read_text()) for f in folders] for v, folders in runs.items()}
     if not any("layer_profile" in x for ss in summaries.values() for x in ss):
         assert "## Time per layer" not in report

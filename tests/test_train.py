@@ -113,6 +113,21 @@ def test_the_report_holds_the_train_set_classes_and_the_time_per_layer(variant3_
     section = text.split("## Per class")[1].split("##")[0]
     assert f"| 3 | {float(read_csv(workdir / 'per_class.csv')[3]['precision']):.4f} |" in section
     assert f"| {table[3]['recall']} | {table[3]['f1']} | {table[3]['support']} |" in section
+    # test_predictions.csv: every test image's true and predicted class and probability, as the confusion matrix
+    # and the final checkpoint say; summary.md shows the configured one (report.test_index: 199 in configs/lenet.py)
+    predicted_rows = read_csv(workdir / "test_predictions.csv")
+    matrix = read_confusion_matrix(workdir)
+    assert len(predicted_rows) == 1000
+    assert sum(r["true"] == r["predicted"] for r in predicted_rows) == np.trace(matrix)
+    probabilities = load_predictor(workdir, epoch=20).probabilities(dataset.test_images[[199]])[0]
+    row = predicted_rows[199]
+    assert row["predicted"] == str(probabilities.argmax()) and row["true"] == str(dataset.test_labels[199])
+    assert float(row["probability"]) == pytest.approx(probabilities.max(), abs=1e-5)
+    right = "yes" if row["true"] == row["predicted"] else "no"
+    assert (f"| 199 | {row['true']} | {row['predicted']} | {float(row['probability']):.3f} | {right} |"
+            in text.split("## Individual test images")[1])
+    with Image.open(workdir / "test_images.png") as image:
+        assert image.size[0] > 100
     profile = Profile.from_json(summary["layer_profile"])
     assert [x.name for x in profile.layers] == ["conv1", "conv2", "fc1", "fc2", "fc3"] and profile.batch_size == 100
     layers = text.split("## Time per layer")[1]

@@ -16,13 +16,15 @@ from jaxcnn import faults
 from jaxcnn.files import atomic_path, read_json_lines, write_atomic, write_json
 from jaxcnn.profile import HEADER, METHOD, Profile, rows, summary_line
 from jaxcnn.report import plots
-from jaxcnn.report.markdown import table
+from jaxcnn.report.markdown import MISSING, table
 from jaxcnn.report.metrics import best_record, confusion_matrix, per_class_report
 
 METRICS_JSONL = "metrics.jsonl"
 SUMMARY_JSON = "summary.json"
 PER_CLASS_CSV = "per_class.csv"
 PER_CLASS_TRAIN_CSV = "per_class_train.csv"  # the same for the final model on the training images
+TEST_PREDICTIONS_CSV = "test_predictions.csv"  # per test image: true class, predicted class, its probability
+TEST_IMAGES_PNG = "test_images.png"  # the test images of report.test_index, labelled
 LAYERS_PNG = "layers.png"
 CONFUSION_CSV = "confusion_matrix.csv"
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
@@ -107,10 +109,11 @@ def summarize(history: Sequence[dict[str, Any]], num_params: int, compile_time_s
 def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str, Any]], summary: dict[str, Any],
                   class_names: Sequence[str], test_images: np.ndarray, test_labels: np.ndarray,
                   predictions: np.ndarray, grid_size: int, confidences: np.ndarray | None = None,
-                  train: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                  train: tuple[np.ndarray, np.ndarray] | None = None, test_index: Sequence[int] = ()) -> None:
     """Figures, per-class reports and summary.md for the final model's test predictions (with their
-    `confidences`, the probabilities of the predicted classes) and, given `train` = (labels, predictions),
-    its predictions on the training images; summary.json, which marks a finished run, comes last."""
+    `confidences`, the probabilities of the predicted classes: test_predictions.csv) and, given `train` =
+    (labels, predictions), its predictions on the training images; the test images `test_index` shown one by
+    one; summary.json, which marks a finished run, comes last."""
     matrix = confusion_matrix(test_labels, predictions, len(class_names))
     report = per_class_report(matrix)
     plots.learning_curves(history, workdir / "learning_curves.png", title)
@@ -134,13 +137,46 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
         writer = csv.writer(f)
         writer.writerow([CONFUSION_CORNER, *class_names])
         writer.writerows([name, *map(int, row)] for name, row in zip(class_names, matrix))
+    individual = []
+    if confidences is not None:
+        with atomic_path(workdir / TEST_PREDICTIONS_CSV) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "true", "predicted", "probability"])
+            writer.writerows([i, class_names[t], class_names[p], f"{c:.6f}"]
+                             for i, (t, p, c) in enumerate(zip(test_labels, predictions, confidences)))
+        individual = _individual(test_index, test_labels, predictions, confidences, class_names)
+        shown = [i for i in test_index if 0 <= i < len(test_labels)]
+        if shown:
+            plots.prediction_grid(test_images[shown], test_labels[shown], predictions[shown], class_names,
+                                  workdir / TEST_IMAGES_PNG, f"test images {', '.join(map(str, shown))}",
+                                  confidences[shown])
     profile = Profile.from_json(summary["layer_profile"]) if "layer_profile" in summary else None
     if profile is not None:
         plots.layer_costs(profile, workdir / LAYERS_PNG, f"{title}: time per layer")
     confused = confused_pairs(matrix, class_names)
     write_atomic(workdir / "summary.md", _summary_markdown(title, summary, per_class, confused, per_class_train,
-                                                           profile))
+                                                           profile, individual))
     write_json(workdir / SUMMARY_JSON, summary)
+
+
+def _individual(indices: Sequence[int], labels: np.ndarray, predictions: np.ndarray, confidences: np.ndarray,
+                class_names: Sequence[str]) -> list[list[Any]]:
+    """Rows (index, true, predicted, probability, right?) for the test images `indices`; one outside the test set
+    says so."""
+    rows = []
+    for i in indices:
+        if not 0 <= i < len(labels):
+            rows.append([i, f"not in the test set (0..{len(labels) - 1})", MISSING, MISSING, MISSING])
+            continue
+        rows.append([i, class_names[labels[i]], class_names[predictions[i]], f"{confidences[i]:.3f}",
+                     "yes" if labels[i] == predictions[i] else "no"])
+    return rows
+
+
+def read_test_predictions(workdir: pathlib.Path) -> dict[int, tuple[str, str, float]]:
+    """test_predictions.csv: {index: (true class, predicted class, its probability)}."""
+    with open(workdir / TEST_PREDICTIONS_CSV, newline="") as f:
+        return {int(r["index"]): (r["true"], r["predicted"], float(r["probability"])) for r in csv.DictReader(f)}
 
 
 def _write_per_class(path: pathlib.Path, class_names: Sequence[str], report: dict[str, np.ndarray]) -> list[list]:
@@ -166,7 +202,7 @@ def confused_pairs(matrix: np.ndarray, class_names: Sequence[str], most: int = 5
 
 def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequence[Any]],
                       confused: Sequence[Sequence[Any]] = (), per_class_train: Sequence[Sequence[Any]] | None = None,
-                      profile: Profile | None = None) -> str:
+                      profile: Profile | None = None, individual: Sequence[Sequence[Any]] = ()) -> str:
     """summary.md: the summary's numbers, the per-class rows (as in per_class.csv and per_class_train.csv),
     the most confused pairs, the time per layer, the figures."""
     metrics = [
@@ -204,6 +240,10 @@ def _summary_markdown(title: str, s: dict[str, Any], per_class: Sequence[Sequenc
         "", *per_class_section,
         *(("", "## Most confused (test, final model)", "",
            *table(("true", "predicted as", "images", "share of the true class"), confused)) if confused else ()),
+        *(("", "## Individual test images (final model)", "",
+           *table(("test index", "true", "predicted", "probability", "right"), individual),
+           *(("", f"![individual test images]({TEST_IMAGES_PNG})") if any(r[4] != MISSING for r in individual)
+             else ())) if individual else ()),
         *layers,
         "", "![learning curves](learning_curves.png)", "", "![confusion matrix](confusion_matrix.png)",
         "", "![predictions: misclassified test images first](predictions.png)", ""])

@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxcnn.profile import METHOD, OTHER, Profile
 from jaxcnn.report.markdown import MISSING, cell, duration, listing, number, p_value, percent, statistic, table
-from jaxcnn.report.run import confused_pairs
+from jaxcnn.report.run import TEST_PREDICTIONS_CSV, confused_pairs, read_test_predictions
 from jaxcnn.study.runs import STATUSES, FinishedRun, RunRecord, epochs_completed
 from jaxcnn.study.stats import ALPHA, MIN_SEEDS, POWER, PROJECTED_EPOCHS, unique
 
@@ -76,6 +76,7 @@ def markdown(title: str, question: str, runs: list[RunRecord], by_variant: dict[
                   "class (column).*", ""]
     else:
         lines += ["No finished run has a confusion_matrix.csv.", ""]
+    lines += _test_images_section(by_variant)
     lines += _per_class_section(by_variant)
     return "\n".join(lines)
 
@@ -265,6 +266,36 @@ def _per_class_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
     return lines
 
 
+def _test_images_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
+    """The predictions of the final models on the test images the runs' configs name (`report.test_index`),
+    from each run's test_predictions.csv: per variant, how many seeds got each right, and what each predicted."""
+    finished = [f for done in by_variant.values() for f in done if (f.record.workdir / TEST_PREDICTIONS_CSV).is_file()]
+    indices = list(dict.fromkeys(i for f in finished for i in (f.config or {}).get("report.test_index", [])))
+    if not indices:
+        return []
+    predictions = {id(f): read_test_predictions(f.record.workdir) for f in finished}
+    truth = {i: next((p[i][0] for p in predictions.values() if i in p), None) for i in indices}
+    rows = []
+    for v, done in by_variant.items():
+        runs = [f for f in done if id(f) in predictions]
+        if not runs:
+            continue
+        cells = []
+        for i in indices:
+            got = [predictions[id(f)][i] for f in runs if i in predictions[id(f)]]
+            right = sum(p[1] == p[0] for p in got)
+            cells.append(f"{right} of {len(got)} right: " + ", ".join(f"{p[1]} ({p[2]:.2f})" for p in got)
+                         if got else MISSING)
+        rows.append([v, *cells])
+    header = ("variant", *(f"test image {i} (true: {truth[i]})" if truth[i] is not None
+                           else f"test image {i} (not in the test set)" for i in indices))
+    return ["## Individual test images", "",
+            "The final models' predictions (with their probability, seed by seed) on the test images the config "
+            "names (`report.test_index`; each run's test_predictions.csv has every test image, and "
+            "`scripts/predict.py --workdir RUN --test_index 199` shows one with its top-k).", "",
+            *table(header, rows), ""]
+
+
 def _layers_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
     """Time per layer across variants (each run's summary.json `layer_profile`, means over seeds): what an
     extra layer, another pooling or activation costs; only where runs hold a profile."""
@@ -273,7 +304,8 @@ def _layers_section(by_variant: dict[str, list[FinishedRun]]) -> list[str]:
     profiles = {v: p for v, p in profiles.items() if p}
     if not profiles:
         return []
-    names = list(dict.fromkeys(x.name for ps in profiles.values() for x in ps[0].layers))
+    deepest = sorted(profiles.values(), key=lambda ps: -len(ps[0].layers))  # its layer order for the columns
+    names = list(dict.fromkeys(x.name for ps in deepest for x in ps[0].layers))
     rows = []
     for v, ps in profiles.items():
         def mean(f):

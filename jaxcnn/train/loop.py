@@ -35,8 +35,7 @@ from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
-RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh",
-                     "report.grid_size", "report.layer_profile", "report.train_report")  # outputs only
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")  # and every report.* key (outputs only)
 _MISSING = object()
 
 
@@ -49,7 +48,8 @@ def _config_changes(old: dict[str, Any], config: ml_collections.ConfigDict) -> s
     the stored config read as this version reads it (`stored_config`: keys added since at their
     default, other models' keys dropped); keys no longer read are no change."""
     old, flat = flatten_config(stored_config(old)), flatten_config(config)
-    changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES and old.get(k, _MISSING) != flat[k])
+    changed = sorted(k for k in flat if k not in RESUMABLE_CHANGES and not k.startswith("report.")
+                     and old.get(k, _MISSING) != flat[k])
     return "; ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in changed)
 
 
@@ -411,6 +411,6 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
             run.hparams(summary)
             write_outputs(run.workdir, title, run.history, summary, dataset.class_names, dataset.test_images,
                           dataset.test_labels, predictions[g][:n_test], run.config.report.grid_size,
-                          confidences[g][:n_test], train)
+                          confidences[g][:n_test], train, tuple(run.config.report.test_index))
         results.append(summary)
     return results

@@ -31,7 +31,7 @@ Progress = Callable[[int, np.ndarray], None]
 
 # Keys in which the members of one group may differ: everything else must be equal.
 GROUP_FREE_KEYS = ("variant", "seed", *(f"optim.{k}" for k in HYPERPARAMS),
-                   "train.log_every", "checkpoint.keep", "report.grid_size", "report.layer_profile", "report.train_report")
+                   "train.log_every", "checkpoint.keep", "report.grid_size", "report.layer_profile", "report.train_report", "report.test_index")
 
 
 def check_trainable(config: ml_collections.ConfigDict, num_examples: int, num_classes: int) -> None:
