@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -43,20 +43,68 @@ LOOPS = ("python", "scan")
 BACKENDS = ("cpu", "gpu", "tpu")  # JAX's backend names (`jax.default_backend()`)
 
 
+# A sample (one epoch) during which other processes kept more than this many CPU cores busy on average is
+# flagged as loaded and left out of the median (unless every sample of the method was loaded).
+LOADED_CORES = 0.25
+
+
+def cpu_seconds() -> tuple[float | None, float]:
+    """(CPU seconds every process of the machine has been busy so far, from /proc/stat, None where there is
+    none; CPU seconds of this process so far). Their differences over an interval tell how much of the
+    machine other processes used during it."""
+    ours = sum(os.times()[:2])
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None, ours
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), ours
+
+
+class LoadMeter:
+    """`with meter:` around a timed sample; `meter.other_cores` is then the mean number of CPU cores that
+    other processes kept busy during it (None without /proc/stat)."""
+
+    def __enter__(self):
+        self._start, self._t0 = cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        (busy1, ours1), wall = cpu_seconds(), time.perf_counter() - self._t0
+        busy0, ours0 = self._start
+        self.other_cores = (None if busy0 is None or busy1 is None or wall <= 0
+                            else max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall)
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """Timings of one training method: every timed epoch, and its compile time (None: eager)."""
+    """Timings of one training method: every timed epoch, the CPU cores other processes used during each,
+    and its compile time (None: eager)."""
 
     method: str
     images_per_epoch: int
     epoch_times_s: tuple[float, ...]
     train_losses: tuple[float, ...]  # mean training loss of each epoch
     compile_time_s: float | None
+    other_cores: tuple[float | None, ...] = ()  # per epoch; () when not measured
+
+    @property
+    def loaded(self) -> tuple[bool, ...]:
+        """Per epoch: whether other processes used more than `LOADED_CORES` cores during it."""
+        return tuple(c is not None and c > LOADED_CORES for c in self.other_cores) or (False,) * len(self.epoch_times_s)
+
+    @property
+    def kept_times_s(self) -> tuple[float, ...]:
+        """The epoch times the figures use: those not loaded, or all of them if every one was."""
+        kept = tuple(t for t, bad in zip(self.epoch_times_s, self.loaded) if not bad)
+        return kept or self.epoch_times_s
 
     @property
     def epoch_time_s(self) -> float:
-        """Median epoch time."""
-        return statistics.median(self.epoch_times_s)
+        """Median epoch time (of the samples not taken under load, where there are any)."""
+        return statistics.median(self.kept_times_s)
 
     @property
     def images_per_s(self) -> float:
@@ -97,7 +145,7 @@ class Report:
     def from_json(cls, data: dict[str, Any]) -> Report:
         """The report `to_json` wrote (its derived numbers are recomputed)."""
         fields = [f.name for f in dataclasses.fields(Result)]
-        results = tuple(Result(**{k: tuple(r[k]) if isinstance(r[k], list) else r[k] for k in fields})
+        results = tuple(Result(**{k: tuple(r[k]) if isinstance(r[k], list) else r[k] for k in fields if k in r})
                         for r in data["results"])
         return cls(data["setup"], data["machine"], data["backend"], data["device_kind"], results,
                    data["torch_skipped"])
@@ -114,38 +162,76 @@ def training_set(config: ml_collections.ConfigDict, repeat: int = 1) -> Dataset:
         train_labels=np.tile(dataset.train_labels.astype(np.int32), repeat))
 
 
-def benchmark_jax(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
-                  loop: str, epochs: int, num_classes: int = 10) -> Result:
-    """Trains a fresh model for `epochs` timed epochs with epoch strategy `loop` (`python`/`scan`).
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """A training method set up and compiled, ready to run epochs: `epoch(i)` trains epoch i (from 1) and
+    returns its mean training loss once that is on the host."""
 
-    Uses the `Trainer` of `train_and_evaluate`; compile time is `lower().compile()` of the step
-    (python) or the epoch (scan); each epoch is timed until its metrics reach the host.
-    """
+    method: str
+    images_per_epoch: int
+    compile_time_s: float | None
+    epoch: Callable[[int], float]
+
+
+def jax_contender(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, loop: str,
+                  num_classes: int = 10) -> Contender:
+    """A fresh model in the `Trainer` of `train_and_evaluate` with epoch strategy `loop` (`python`/`scan`);
+    compile time is `lower().compile()` of the step (python) or the epoch (scan)."""
     if loop not in LOOPS:
         raise ValueError(f"loop={loop!r} is not valid; valid values: {', '.join(LOOPS)}")
     trainer = Trainer(config, images, labels, num_classes, loop)
-    times, losses = [], []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum, _, count = trainer.train_epoch(epoch)[0]
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss_sum / count))
-    return Result(loop, trainer.steps * trainer.batch_size, tuple(times), tuple(losses), trainer.compile_time)
+
+    def epoch(i: int) -> float:
+        loss_sum, _, count = trainer.train_epoch(i)[0]
+        return float(loss_sum / count)
+
+    return Contender(loop, trainer.steps * trainer.batch_size, trainer.compile_time, epoch)
+
+
+def measure(contenders: Sequence[Contender], epochs: int, warmup: int = 1) -> list[Result]:
+    """Times `epochs` epochs of every contender after `warmup` untimed ones, interleaved: each round runs one
+    epoch of each, the order rotating from round to round, so that a burst of load on the machine falls on
+    all of them alike; each sample notes the CPU other processes used meanwhile (`LoadMeter`)."""
+    if epochs < 1 or warmup < 0:
+        raise ValueError(f"epochs={epochs} must be >= 1 and warmup={warmup} >= 0")
+    samples = {c.method: ([], [], []) for c in contenders}
+    for i in range(1, warmup + 1):
+        for c in contenders:
+            c.epoch(i)
+    for r in range(epochs):
+        k = r % len(contenders)
+        for c in (*contenders[k:], *contenders[:k]):
+            with LoadMeter() as meter:
+                t0 = time.perf_counter()
+                loss = c.epoch(warmup + r + 1)
+                elapsed = time.perf_counter() - t0
+            times, losses, cores = samples[c.method]
+            times.append(elapsed)
+            losses.append(loss)
+            cores.append(meter.other_cores)
+    return [Result(c.method, c.images_per_epoch, *map(tuple, samples[c.method][:2]), c.compile_time_s,
+                   tuple(samples[c.method][2])) for c in contenders]
+
+
+def benchmark_jax(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
+                  loop: str, epochs: int, num_classes: int = 10, warmup: int = 1) -> Result:
+    """`measure` of one `jax_contender`."""
+    return measure([jax_contender(config, images, labels, loop, num_classes)], epochs, warmup)[0]
 
 
 def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: int = 1,
                   loops: Sequence[str] = LOOPS, reference: ModuleType | None = None,
-                  reference_skipped: str | None = "not requested") -> Report:
-    """Benchmarks the JAX epoch strategies `loops` and, if given, the PyTorch loop.
+                  reference_skipped: str | None = "not requested", warmup: int = 1) -> Report:
+    """Benchmarks the JAX epoch strategies `loops` and, if given, the PyTorch loop, interleaved (`measure`).
 
     Args:
       config: a full training config (e.g. `configs/lenet.py:3`); its model, optimizer, batch size
         and training data are used.
-      epochs: timed epochs per method (the reports give their median).
+      epochs: timed epochs per method (the reports give their median), after `warmup` untimed ones.
       repeat: tile the training set this many times for longer epochs.
       loops: JAX epoch strategies to measure, from `LOOPS`.
       reference: the module of the PyTorch loop (`scripts/torch_reference.py`, kept out of the
-        package): `benchmark_torch(config, images, labels, epochs, num_classes) -> Result` and
+        package): `torch_contender(config, images, labels, num_classes) -> Contender` and
         `describe() -> str`; None: not run, for the reason `reference_skipped`.
     """
     validate(config)
@@ -153,33 +239,56 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
         raise ValueError(f"epochs={epochs} must be >= 1")
     dataset = training_set(config, repeat)
     images, labels, num_classes = dataset.train_images, dataset.train_labels, dataset.num_classes
-    results = [benchmark_jax(config, images, labels, loop, epochs, num_classes) for loop in loops]
+    contenders = [jax_contender(config, images, labels, loop, num_classes) for loop in loops]
     versions = f"jax {jax.__version__}"
     if reference is not None:
-        results.append(reference.benchmark_torch(config, images, labels, epochs, num_classes))
+        contenders.append(reference.torch_contender(config, images, labels, num_classes))
         versions += f", {reference.describe()}"
         reference_skipped = None
+    results = measure(contenders, epochs, warmup)
     activation = f"{config.model.activation}, " if "activation" in config.model else ""
     setup = (f"{config.model.name} variant {config.variant} ({config.optim.name}, {activation}"
              f"lr {config.optim.learning_rate}, "
              f"batch {config.train.batch_size}) on {dataset.name}: "
              f"{len(labels) // config.train.batch_size * config.train.batch_size:,} images/epoch, "
-             f"median of {epochs} epochs")
+             f"median of {epochs} epochs after {warmup} warm-up, methods interleaved")
     return Report(setup, f"{machine_name()}; {versions}", jax.default_backend(), jax.devices()[0].device_kind,
                   tuple(results), reference_skipped)
 
 
+def _spread(r: Result) -> str:
+    kept = r.kept_times_s
+    return f"{min(kept):.3f}-{max(kept):.3f}"
+
+
+def _loaded(r: Result) -> str:
+    return f"{sum(r.loaded)}/{len(r.epoch_times_s)}" if r.other_cores else "-"
+
+
 def format_table(report: Report) -> str:
-    """The report as a text table with a header and a closing line on the faster epoch strategy."""
+    """The report as a text table with a header, the load on the machine, and a closing line on the faster
+    epoch strategy."""
     torch_result = report.torch
     lines = [report.setup, f"machine: {report.machine}",
              f"backend: {report.backend} ({report.device_kind})", "",
-             f"{'method':<16}{'images/s':>10}{'epoch (s)':>11}{'compile (s)':>13}{'vs PyTorch':>12}"]
+             f"{'method':<16}{'images/s':>10}{'epoch (s)':>11}{'range (s)':>15}{'loaded':>8}{'compile (s)':>13}"
+             f"{'vs PyTorch':>12}"]
     for r in report.results:
         name = r.method if r == torch_result else f"jax {r.method}"
         compile_s = f"{r.compile_time_s:.2f}" if r.compile_time_s is not None else "-"
         ratio = f"{r.images_per_s / torch_result.images_per_s:.2f}x" if torch_result else "-"
-        lines.append(f"{name:<16}{r.images_per_s:>10,.0f}{r.epoch_time_s:>11.3f}{compile_s:>13}{ratio:>12}")
+        lines.append(f"{name:<16}{r.images_per_s:>10,.0f}{r.epoch_time_s:>11.3f}{_spread(r):>15}{_loaded(r):>8}"
+                     f"{compile_s:>13}{ratio:>12}")
+    cores = [c for r in report.results for c in r.other_cores if c is not None]
+    if cores:
+        loaded = sum(sum(r.loaded) for r in report.results)
+        lines += ["", f"other processes used {statistics.median(cores):.2f} CPU cores (median; max {max(cores):.2f}) "
+                      f"while the samples ran; {loaded} of {len(cores)} samples were loaded (> {LOADED_CORES} cores) "
+                      "and left out of the medians" + (" (for a method whose samples were all loaded, all are used)"
+                                                       if loaded else "")]
+        if any(all(r.loaded) for r in report.results if r.other_cores):
+            lines.append("warning: every sample of some method was taken under load: its figures are unreliable; "
+                         "rerun on a quiet machine")
     if report.torch_skipped:
         lines.append(f"PyTorch reference skipped: {report.torch_skipped}")
     if report.faster_loop:

@@ -55,6 +55,7 @@ DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file and argument, e.g. configs/lenet.py:3",
                                 lock_config=True)
 flags.DEFINE_integer("epochs", 3, "Timed epochs per method; the table gives their median.", lower_bound=1)
+flags.DEFINE_integer("warmup", 1, "Untimed epochs per method before the timed ones.", lower_bound=0)
 flags.DEFINE_integer("repeat", 1, "Tile the training set this many times (15: 60,000 MNIST images).", lower_bound=1)
 flags.DEFINE_multi_enum("loop", list(LOOPS), LOOPS, "JAX epoch strategies to measure.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
@@ -94,7 +95,7 @@ def main(argv):
         skipped = torch_reference.TORCH_MISSING
     elif f.torch:
         reference = torch_reference
-    report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, reference, skipped)
+    report = run_benchmark(f.config, f.epochs, f.repeat, f.loop, reference, skipped, f.warmup)
     print(format_table(report))
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -8,13 +8,12 @@ copies it to the device, then runs forward, backward and the optimizer step, as 
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from jaxcnn.benchmark import Result
+from jaxcnn.benchmark import Contender, Result, measure
 from jaxcnn.errors import ConfigError
 from jaxcnn.train.init import model_input_shape
 
@@ -276,9 +275,10 @@ def torch_preprocess(config: ml_collections.ConfigDict, device: str = "cpu", mem
     return prepare
 
 
-def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
-                    epochs: int, num_classes: int = 10) -> Result:
-    """The study's PyTorch loop for `epochs` timed epochs, on `torch_device()` with all CPU threads.
+def torch_contender(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
+                    num_classes: int = 10) -> Contender:
+    """The study's PyTorch loop, set up to run epochs (`jaxcnn.benchmark.measure` times them), on
+    `torch_device()` with all CPU threads.
 
     The data stay in host memory (uint8); every step slices its batch there, scales it to [0, 1]
     and copies it to the device, then runs forward, backward, the optimizer step and the scheduler
@@ -308,10 +308,9 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
 
-    times, losses = [], []
     model.train()
-    for _ in range(epochs):
-        t0 = time.perf_counter()
+
+    def epoch(i: int) -> float:
         perm = torch.randperm(len(labels), generator=generator)[: steps * batch_size].view(steps, batch_size)
         loss_sum = torch.zeros((), device=device)
         for idx in perm:
@@ -324,6 +323,12 @@ def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, label
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()
-        losses.append(loss_sum.item() / steps)  # .item() waits for the device
-        times.append(time.perf_counter() - t0)
-    return Result(TORCH_METHOD, steps * batch_size, tuple(times), tuple(losses), None)
+        return loss_sum.item() / steps  # .item() waits for the device
+
+    return Contender(TORCH_METHOD, steps * batch_size, None, epoch)
+
+
+def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
+                    epochs: int, num_classes: int = 10, warmup: int = 1) -> Result:
+    """`measure` of the `torch_contender` alone: `epochs` timed epochs after `warmup` untimed ones."""
+    return measure([torch_contender(config, images, labels, num_classes)], epochs, warmup)[0]

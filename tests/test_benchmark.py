@@ -2,10 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import pytest
 
-from jaxcnn.benchmark import LOOPS, format_table, run_benchmark, training_set
+from jaxcnn.benchmark import (LOADED_CORES, LOOPS, Contender, LoadMeter, Report, Result, format_table, measure,
+                              run_benchmark, training_set)
 from scripts.torch_reference import TORCH_METHOD, benchmark_torch
 from tests.helpers import config_module, lenet
 
@@ -59,3 +63,37 @@ def test_torch_reference_for_the_224px_models_resizes_like_jaxcnn():
     result = benchmark_torch(config, dataset.train_images, dataset.train_labels, 1, dataset.num_classes)
     assert result.images_per_epoch == 16 and math.isfinite(result.train_losses[0])
     assert result.train_losses[0] == pytest.approx(math.log(10), rel=0.5)  # a real 10-class loss
+
+
+def test_methods_are_interleaved_with_a_rotating_order_after_the_warm_up():
+    calls = []
+    contenders = [Contender(name, 100, None, lambda i, name=name: calls.append((name, i)) or 1.0 / i)
+                  for name in ("a", "b", "c")]
+    results = measure(contenders, epochs=3, warmup=1)
+    assert calls == [("a", 1), ("b", 1), ("c", 1),  # warm-up, untimed
+                     ("a", 2), ("b", 2), ("c", 2), ("b", 3), ("c", 3), ("a", 3), ("c", 4), ("a", 4), ("b", 4)]
+    assert [len(r.epoch_times_s) for r in results] == [3, 3, 3]
+    assert results[0].train_losses == (1 / 2, 1 / 3, 1 / 4)
+
+
+def test_a_sample_taken_while_another_process_computes_is_flagged_and_left_out():
+    """A real busy process beside the sample: LoadMeter sees its CPU; the median skips that sample."""
+    with LoadMeter() as quiet:
+        time.sleep(0.3)
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        time.sleep(0.3)  # let it start
+        with LoadMeter() as busy:
+            time.sleep(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy.other_cores > LOADED_CORES + 0.3 and busy.other_cores > quiet.other_cores
+    result = Result("x", 100, (1.0, 5.0, 1.2), (1.0, 0.9, 0.8), None, (0.0, busy.other_cores, 0.1))
+    assert result.loaded == (False, True, False)
+    assert result.kept_times_s == (1.0, 1.2) and result.epoch_time_s == pytest.approx(1.1)
+    everything_loaded = Result("y", 100, (1.0, 3.0, 2.0), (1.0,) * 3, None, (1.0, 1.0, 1.0))
+    assert everything_loaded.epoch_time_s == 2.0  # all loaded: all used, and the table warns
+    report = Report("setup", "machine", "cpu", "cpu", (result, everything_loaded), None)
+    text = format_table(report)
+    assert "1/3" in text and "3/3" in text and "every sample of some method was taken under load" in text

@@ -119,7 +119,7 @@ def _results_table(stats: dict[str, dict]) -> list[str]:
         [v, f"{s['n']}" + (f" of {s['n'] + len(s['excluded'])}" if s["excluded"] else ""),
          number(s["epochs_mean"], ".0f"), percent(s["test_accuracy_mean"], s["test_accuracy_std"], with_std=True),
          _interval(s["test_accuracy_mean"], s["test_accuracy_ci95"]),
-         percent(s["best_test_accuracy_mean"]), number(s["best_epoch_mean"], ".1f"),
+         percent(s["best_test_accuracy_mean"]), number(s["best_epoch_mean"], ".0f" if float(s["best_epoch_mean"] or 0).is_integer() else ".1f"),
          percent(s["final_train_accuracy_mean"]), number(_points(s["overfitting_gap_mean"]), "+.2f"),
          number(s["test_loss_rise_mean"], ".4f")]
         for v, s in stats.items()])
