@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcnn.models.conv import conv_function
 from jaxcnn.models.layers import activation, check_pooling, pool
 
 # The facts the rest of jaxcnn reads about each architecture (see `jaxcnn.models`): config keys with
 # their defaults, the classifier head's module path, PyTorch key names, what `transfer.mode=frozen` trains.
-DEFAULTS = {"activation": "relu", "pooling": "avg", "extra_conv_layers": 0}
+DEFAULTS = {"activation": "relu", "pooling": "avg", "extra_conv_layers": 0,
+            "conv": "auto"}  # auto | small | xla: jaxcnn.models.conv (auto: the small-conv path on the CPU)
 HEAD = ("fc3",)
 TORCH_NAMES = None  # no pretrained PyTorch weights to convert
 FROZEN_TRAINS = None
@@ -24,7 +26,7 @@ class LeNet5(nnx.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (28, 28, 1),
                  activation_name: str = DEFAULTS["activation"], pooling: str = DEFAULTS["pooling"],
-                 extra_conv_layers: int = DEFAULTS["extra_conv_layers"],
+                 extra_conv_layers: int = DEFAULTS["extra_conv_layers"], conv: str = DEFAULTS["conv"],
                  *, dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
         if not isinstance(extra_conv_layers, int) or extra_conv_layers < 0:
@@ -34,9 +36,10 @@ class LeNet5(nnx.Module):
             raise ValueError(f"LeNet5 needs inputs of at least 12×12 pixels, got data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = check_pooling(pooling)
-        self.conv1 = nnx.Conv(channels, 6, (5, 5), padding=2, dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", dtype=dtype, rngs=rngs)
-        self.extra = nnx.List([nnx.Conv(16, 16, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+        fn = conv_function(conv)
+        self.conv1 = nnx.Conv(channels, 6, (5, 5), padding=2, dtype=dtype, conv_general_dilated=fn, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 16, (5, 5), padding="VALID", dtype=dtype, conv_general_dilated=fn, rngs=rngs)
+        self.extra = nnx.List([nnx.Conv(16, 16, (3, 3), padding=1, dtype=dtype, conv_general_dilated=fn, rngs=rngs)
                                for _ in range(extra_conv_layers)])
         self.fc1 = nnx.Linear(16 * out_h * out_w, 120, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(120, 84, dtype=dtype, rngs=rngs)
@@ -55,4 +58,5 @@ class LeNet5(nnx.Module):
 
 
 def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> LeNet5:
-    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers, dtype=dtype, rngs=rngs)
+    return LeNet5(num_classes, input_shape, cfg.activation, cfg.pooling, cfg.extra_conv_layers, cfg.conv, dtype=dtype,
+                  rngs=rngs)

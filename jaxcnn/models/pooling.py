@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcnn.models.conv import conv_function
 from jaxcnn.models.layers import activation, pool
 
 POOLINGS = ("none", "max", "avg")
 FIRST_STRIDES = (1, 4)  # the study's two designs: a stride-4 first conv, or stride 1 and 4×4 pooling
-DEFAULTS = {"activation": "relu", "pooling": "max", "hidden": 32, "first_stride": 1}
+DEFAULTS = {"activation": "relu", "pooling": "max", "hidden": 32, "first_stride": 1,
+            "conv": "auto"}  # auto | small | xla: jaxcnn.models.conv
 HEAD = ("fc",)
 TORCH_NAMES = None
 FROZEN_TRAINS = None
@@ -29,8 +31,8 @@ class PoolingCNN(nnx.Module):
 
     def __init__(self, num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3),
                  hidden: int = DEFAULTS["hidden"], pooling: str = DEFAULTS["pooling"],
-                 first_stride: int = DEFAULTS["first_stride"], activation_name: str = DEFAULTS["activation"], *,
-                 dtype=None, rngs: nnx.Rngs):
+                 first_stride: int = DEFAULTS["first_stride"], activation_name: str = DEFAULTS["activation"],
+                 conv: str = DEFAULTS["conv"], *, dtype=None, rngs: nnx.Rngs):
         height, width, channels = input_shape
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling={pooling!r} is not valid; valid values: {', '.join(POOLINGS)}")
@@ -48,9 +50,11 @@ class PoolingCNN(nnx.Module):
                              f"needs larger inputs than data.image_size={height}×{width}")
         self.act = activation(activation_name)
         self.pooling = pooling
+        fn = conv_function(conv)
         self.conv1 = nnx.Conv(channels, hidden, (5, 5), strides=first_stride, padding=((2, 2), (2, 2)),
-                              dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(hidden, 2 * hidden, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+                              dtype=dtype, conv_general_dilated=fn, rngs=rngs)
+        self.conv2 = nnx.Conv(hidden, 2 * hidden, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
+                              conv_general_dilated=fn, rngs=rngs)
         self.fc = nnx.Linear(2 * hidden * out_h * out_w, num_classes, dtype=dtype, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
@@ -65,5 +69,5 @@ class PoolingCNN(nnx.Module):
 
 
 def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> PoolingCNN:
-    return PoolingCNN(num_classes, input_shape, cfg.hidden, cfg.pooling, cfg.first_stride, cfg.activation,
+    return PoolingCNN(num_classes, input_shape, cfg.hidden, cfg.pooling, cfg.first_stride, cfg.activation, cfg.conv,
                       dtype=dtype, rngs=rngs)

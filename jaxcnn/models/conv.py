@@ -1,0 +1,134 @@
+"""Convolutions for small CNNs on the CPU (`model.conv`): the paths XLA's CPU backend is slow on, rewritten.
+
+On a CPU, XLA runs LeNet-sized convolutions through Eigen (none has more than 16 channels, below the size at
+which XLA hands a convolution to YNNPACK). Two of them measured far slower than PyTorch's oneDNN (LeNet-5,
+batch 100, 2-core EPYC, each program jitted alone, `scripts/benchmark.py --layers`):
+
+- a convolution with **one input channel** (LeNet's first layer on gray digits): Eigen's forward pass took
+  3.9 ms; written as k×k shifted multiply-adds of the padded input (a broadcast product per kernel tap) 0.38 ms;
+- the **input gradient** (a convolution of the output gradient with the flipped kernel): 4.9 ms for conv2 by
+  XLA; as one matmul of the output gradient with the kernel reshaped to (k·k·Cin, Cout)ᵀ followed by col2im
+  (k×k shifted adds of the columns into the padded input) 2.3 ms.
+
+The weight gradient and the forward pass with several input channels stay XLA's own (faster than every rewrite
+tried: im2col matmul 2×, per-tap matmuls 1.3× slower). `small_conv` has `lax.conv_general_dilated`'s signature,
+so it plugs into `nnx.Conv(conv_general_dilated=...)`; what it does not cover (strides, dilation, groups, other
+layouts, a requested precision) it passes to XLA unchanged. `model.conv`: `auto` (on the CPU backend this path
+for the convolutions XLA leaves to Eigen, those with at most `EIGEN_CHANNELS` channels in and out: all of
+LeNet-5's; XLA's everywhere else and on GPU/TPU), `small` (this path for every covered convolution), `xla`.
+The pooling CNN's convolutions (3→32, 32→64) go to YNNPACK, and forcing this path there measured 0.8-0.9× XLA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONVS = ("auto", "small", "xla")
+EIGEN_CHANNELS = 16  # XLA CPU hands a convolution to YNNPACK only when max(Cin, Cout) > 16
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def use_small(choice: str) -> bool:
+    """Whether `model.conv=choice` means this module's path here (`auto`: on the CPU backend, for small
+    convolutions)."""
+    if choice not in CONVS:
+        raise ValueError(f"model.conv={choice!r} is not valid; valid values: {', '.join(CONVS)}")
+    return choice == "small" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+def conv_function(choice: str):
+    """The `conv_general_dilated` for `nnx.Conv` that `model.conv=choice` asks for here."""
+    if not use_small(choice):
+        return lax.conv_general_dilated
+    return small_conv if choice == "small" else partial(small_conv, max_channels=EIGEN_CHANNELS)
+
+
+def _shifted(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Stride-1 convolution as k×k shifted multiply-adds of the padded input (one input channel: broadcast
+    products, no matmul)."""
+    kh, kw, cin, _ = w.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, i:i + ho, j:j + wo, :]
+            term = window * w[i, j, 0] if cin == 1 else window @ w[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def _input_grad(dy: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """The gradient of a stride-1 convolution's input: columns = dy @ kernelᵀ, then col2im (each tap's column
+    added into the padded input at its offset), the padding cut off."""
+    kh, kw, cin, cout = w.shape
+    n, ho, wo, _ = dy.shape
+    cols = (dy.reshape(-1, cout) @ w.reshape(kh * kw * cin, cout).T).reshape(n, ho, wo, kh, kw, cin)
+    hp, wp = ho + kh - 1, wo + kw - 1
+    dxp = None
+    for i in range(kh):
+        for j in range(kw):
+            shifted = jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+            dxp = shifted if dxp is None else dxp + shifted
+    (top, bottom), (left, right) = pads
+    return dxp[:, top:hp - bottom, left:wp - right, :]
+
+
+def _xla(x, w, pads):
+    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    return _shifted(x, w, pads) if w.shape[2] == 1 else _xla(x, w, pads)
+
+
+def _conv_fwd(x, w, pads):
+    return _conv(x, w, pads), (x, w)
+
+
+def _conv_bwd(pads, residuals, dy):
+    x, w = residuals
+    _, weight_vjp = jax.vjp(lambda kernel: _xla(x, kernel, pads), w)
+    return _input_grad(dy, w, pads).astype(x.dtype), weight_vjp(dy)[0]
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _covered(x, w, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+             batch_group_count, precision, preferred_element_type, out_sharding) -> bool:
+    if x.ndim != 4 or tuple(window_strides) != (1, 1) or feature_group_count != 1 or batch_group_count != 1:
+        return False
+    if any(d not in (None, 1, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
+        return False
+    if precision is not None or preferred_element_type is not None or out_sharding is not None:
+        return False
+    nhwc = lax.conv_dimension_numbers(x.shape, w.shape, _NHWC)
+    given = lax.conv_dimension_numbers(x.shape, w.shape, dimension_numbers) if dimension_numbers else None
+    return given == nhwc
+
+
+def small_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding, lhs_dilation=None,
+               rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
+               precision=None, preferred_element_type=None, out_sharding=None, *,
+               max_channels: int | None = None) -> jax.Array:
+    """`lax.conv_general_dilated` with the CPU rewrites above for 2-D, stride-1, undilated, ungrouped NHWC/HWIO
+    convolutions (with at most `max_channels` channels in and out, if given); anything else goes to
+    `lax.conv_general_dilated` as given."""
+    small = max_channels is None or max(rhs.shape[-2:]) <= max_channels
+    if not small or not _covered(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
+                                 feature_group_count, batch_group_count, precision, preferred_element_type,
+                                 out_sharding):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type, out_sharding=out_sharding)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _conv(lhs, rhs, pads)

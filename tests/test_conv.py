@@ -1,0 +1,106 @@
+"""The CPU small-convolution path (jaxcnn.models.conv) against `lax.conv_general_dilated`: outputs and both
+gradients over shapes, paddings, channels and batches; what it does not cover goes to XLA; runs agree."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn.models import build_model
+from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, small_conv, use_small
+from jaxcnn.train import loop
+from tests.helpers import config_module
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+PADDINGS = ("VALID", "SAME", ((2, 2), (2, 2)), ((1, 2), (0, 1)))
+
+
+def both(conv, x, w, padding, cotangent):
+    """Output, input gradient, weight gradient of `conv` at (x, w)."""
+    y, vjp = jax.vjp(lambda a, b: conv(a, b, (1, 1), padding, dimension_numbers=NHWC), x, w)
+    return (y, *vjp(cotangent))
+
+
+@pytest.mark.parametrize("c_in,c_out,k", [(1, 6, 5), (1, 1, 3), (3, 8, 5), (6, 16, 5), (16, 16, 3), (4, 2, 1)])
+def test_output_and_both_gradients_equal_xla(c_in, c_out, k):
+    rng = np.random.default_rng(c_in * 100 + c_out * 10 + k)
+    for padding, (n, h, w_) in itertools.product(PADDINGS, ((1, 9, 9), (7, 12, 10))):
+        x = jnp.asarray(rng.standard_normal((n, h, w_, c_in)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
+        shape = jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), padding,
+                                                                     dimension_numbers=NHWC), x, w).shape
+        cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        expected = both(lax.conv_general_dilated, x, w, padding, cotangent)
+        got = jax.jit(lambda a, b, ct: both(small_conv, a, b, padding, ct))(x, w, cotangent)
+        for name, g, e in zip(("output", "input gradient", "weight gradient"), got, expected):
+            assert g.shape == e.shape and g.dtype == e.dtype
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()), err_msg=f"{name} {padding}")
+
+
+def test_what_it_does_not_cover_goes_to_xla_unchanged():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 11, 11, 3)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    for kwargs in (dict(window_strides=(2, 2)), dict(window_strides=(1, 1), rhs_dilation=(2, 2)),
+                   dict(window_strides=(1, 1), lhs_dilation=(2, 1))):
+        args = dict(padding=((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
+        expected = lax.conv_general_dilated(x, w, **args)
+        np.testing.assert_array_equal(small_conv(x, w, **args), expected)
+        assert "custom_vjp" not in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, **args))(x, w))
+    # covered: the custom VJP is in the program
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, (1, 1), "SAME",
+                                                                       dimension_numbers=NHWC))(x, w))
+
+
+def test_vmapped_members_as_a_grouped_study_trains_them():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((5, 14, 14, 6)), jnp.float32)
+    ws = jnp.asarray(rng.standard_normal((3, 5, 5, 6, 16)), jnp.float32)  # 3 members' kernels
+
+    def loss(conv, w):
+        return jnp.sum(jnp.tanh(conv(x, w, (1, 1), "VALID", dimension_numbers=NHWC)))
+
+    expected = jax.vmap(jax.value_and_grad(lambda w: loss(lax.conv_general_dilated, w)))(ws)
+    got = jax.jit(jax.vmap(jax.value_and_grad(lambda w: loss(small_conv, w))))(ws)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5 * float(jnp.abs(e).max()))
+
+
+def test_auto_takes_the_small_path_on_the_cpu_for_lenet_only():
+    assert jax.default_backend() == "cpu"
+    assert use_small("auto") and use_small("small") and not use_small("xla")
+    with pytest.raises(ValueError, match="model.conv='fast' is not valid; valid values: auto, small, xla"):
+        use_small("fast")
+    # (average pooling: max pooling has a custom VJP of its own)
+    lenet, pooling = config_module("lenet").get_config("3"), config_module("pooling").get_config("avg")
+
+    def custom_calls(config, shape):
+        model = build_model(config.model, 10, shape, 0)
+        return str(jax.make_jaxpr(lambda x: model(x))(jnp.zeros((2, *shape)))).count("custom_vjp_call")
+
+    assert custom_calls(lenet, (28, 28, 1)) == 2  # conv1 and conv2: at most 16 channels, left to Eigen by XLA
+    assert custom_calls(pooling, (32, 32, 3)) == 0  # 3->32 and 32->64 go to YNNPACK: XLA's own is faster
+    lenet.model.conv = "xla"
+    assert custom_calls(lenet, (28, 28, 1)) == 0
+    pooling.model.conv = "small"
+    assert custom_calls(pooling, (32, 32, 3)) == 2
+    assert max(16, 6, 1) <= EIGEN_CHANNELS < 32
+    assert conv_function("xla") is lax.conv_general_dilated
+
+
+def test_a_run_with_either_path_gives_the_same_metrics(tmp_path):
+    lenet = config_module("lenet")
+    histories = {}
+    for conv in ("xla", "small"):
+        config = lenet.get_config(f"3,data.max_train=600,data.max_test=200,epochs=3,model.conv={conv},"
+                                  "report.layer_profile=False,report.train_report=False")
+        loop.train_and_evaluate(config, tmp_path / conv, progress=False)
+        histories[conv] = [json.loads(line) for line in (tmp_path / conv / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(*histories.values(), strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1 / 200  # at most one image flips
