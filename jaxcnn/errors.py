@@ -38,6 +38,11 @@ class WorkdirError(UserError):
     """A workdir is in use by another process, or holds files that cannot be used (damaged, foreign)."""
 
 
+class DistributedError(UserError):
+    """A multi-process run that cannot start or go on: a process that does not join or died, a coordinator
+    that cannot be reached, processes launched with different settings, a workdir they do not share."""
+
+
 class Interrupted(UserError):
     """Ctrl-C or SIGTERM stopped a run; what was saved and how to resume is in the message."""
 

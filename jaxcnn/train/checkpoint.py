@@ -158,9 +158,15 @@ class Checkpoints:
         keep_best = policies.BestN(get_metric_fn=lambda m: (m["test_accuracy"], -m.get("epoch", 0)), n=1,
                                    keep_checkpoints_without_metrics=False)
         self.best = best
+        # Multi-host: saving takes every process; reading (`read_only`) is one process's own business, so
+        # a process may inspect a workdir alone (process 0 checks it under the lock) without Orbax's barriers.
+        local = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                   active_processes={jax.process_index()},
+                                                   barrier_sync_key_prefix=f"read-{jax.process_index()}")
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), *([keep_best] * best)]),
-            read_only=read_only, create=not read_only)
+            read_only=read_only, create=not read_only,
+            **({"multiprocessing_options": local} if read_only and jax.process_count() > 1 else {}))
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "opt", "meta"))

@@ -61,6 +61,10 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
             return x
         if jax.process_count() == 1:
             return jax.device_put(x, sharding)
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global: reshard in one program
+            return jax.jit(lambda y: y, out_shardings=sharding)(x)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
