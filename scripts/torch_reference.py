@@ -285,7 +285,8 @@ def torch_contender(config: ml_collections.ConfigDict, images: np.ndarray, label
     step (`torch_optimizer`). As jaxcnn does on the device, the batch is converted to the config's
     channels (luma weights for RGB -> gray) and size (bilinear) and normalised, where the config
     asks for it (the LeNet study: [0, 1] pixels as they are); the torchvision models are laid out
-    channels-last and on CUDA run under bf16 autocast.
+    channels-last and on CUDA run under bf16 autocast; on the CPU a config with `model.dtype=bfloat16` runs
+    under bf16 autocast too.
     """
     import torch
 
@@ -302,7 +303,10 @@ def torch_contender(config: ml_collections.ConfigDict, images: np.ndarray, label
     memory_format = torch.channels_last if big else torch.contiguous_format
     model = torch_model(config, num_classes).to(device, memory_format=memory_format)
     prepare = torch_preprocess(config, device, memory_format)
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=big and device == "cuda")
+    # bf16 autocast: the torchvision models on CUDA (as the transfer study would run them), and any model on the
+    # CPU when the config asks jaxcnn for bf16 (model.dtype=bfloat16), so that both compute in bf16
+    bf16 = (big and device == "cuda") or (device == "cpu" and config.model.dtype == "bfloat16")
+    autocast = torch.autocast(device, torch.bfloat16, enabled=bf16)
 
     optimizer, scheduler = torch_optimizer(config.optim, model.parameters(), steps, config.train.epochs)
     loss_fn = torch.nn.CrossEntropyLoss()
