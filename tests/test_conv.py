@@ -1,6 +1,7 @@
 """The CPU small-convolution path (jaxcnn.models.conv) against `lax.conv_general_dilated`: outputs and both
 gradients over shapes, paddings, channels and batches; what it does not cover goes to XLA; runs agree."""
 
+import contextlib
 import itertools
 import json
 
@@ -11,7 +12,7 @@ import pytest
 from jax import lax
 
 from jaxcnn.models import build_model
-from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, small_conv, use_small
+from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, in_loop, small_conv, use_small
 from jaxcnn.train import loop
 from tests.helpers import config_module
 
@@ -25,8 +26,9 @@ def both(conv, x, w, padding, cotangent):
     return (y, *vjp(cotangent))
 
 
+@pytest.mark.parametrize("looped", [False, True], ids=["step", "scanned epoch"])
 @pytest.mark.parametrize("c_in,c_out,k", [(1, 6, 5), (1, 1, 3), (3, 8, 5), (6, 16, 5), (16, 16, 3), (4, 2, 1)])
-def test_output_and_both_gradients_equal_xla(c_in, c_out, k):
+def test_output_and_both_gradients_equal_xla(c_in, c_out, k, looped):
     rng = np.random.default_rng(c_in * 100 + c_out * 10 + k)
     for padding, (n, h, w_) in itertools.product(PADDINGS, ((1, 9, 9), (7, 12, 10))):
         x = jnp.asarray(rng.standard_normal((n, h, w_, c_in)), jnp.float32)
@@ -35,7 +37,8 @@ def test_output_and_both_gradients_equal_xla(c_in, c_out, k):
                                                                      dimension_numbers=NHWC), x, w).shape
         cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
         expected = both(lax.conv_general_dilated, x, w, padding, cotangent)
-        got = jax.jit(lambda a, b, ct: both(small_conv, a, b, padding, ct))(x, w, cotangent)
+        with in_loop() if looped else contextlib.nullcontext():  # inside lax.scan: the im2col variant
+            got = jax.jit(lambda a, b, ct: both(small_conv, a, b, padding, ct))(x, w, cotangent)
         for name, g, e in zip(("output", "input gradient", "weight gradient"), got, expected):
             assert g.shape == e.shape and g.dtype == e.dtype
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()), err_msg=f"{name} {padding}")

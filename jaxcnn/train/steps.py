@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxcnn.data.device import Preprocess
+from jaxcnn.models.conv import in_loop
 
 Carry = tuple[Any, jax.Array, jax.Array]  # (state of (model, optimizer), [loss_sum, correct, count], step)
 EpochData = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # images, labels, permutation, epoch key
@@ -82,7 +83,8 @@ def make_epoch_fns(graphdef: nnx.GraphDef, objective: Objective, grouped: bool =
         step = jax.vmap(step, in_axes=((0, 0, None), (None, None, 0, 0)), out_axes=(0, 0, None))
 
     def epoch(carry: Carry, data: EpochData) -> Carry:
-        carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
+        with in_loop():  # the CPU small-conv path's loop variant (jaxcnn.models.conv)
+            carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
         return carry
 
     return jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0)
