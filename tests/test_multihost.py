@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 def launch(workdir: str | pathlib.Path, n: int, arg: str = ARG, devices: int = 1, extra: dict | None = None,
-           faults: dict | None = None, cwd: dict | None = None, timeout: int = 120) -> list[subprocess.CompletedProcess]:
+           faults: dict | None = None, cwd: dict | None = None, timeout: int = 120,
+           script: str = "train.py") -> list[subprocess.CompletedProcess]:
     """Starts the README's one-machine command as processes 0..n-1 (`devices` CPU devices each) and waits
     for all of them. `extra`, `faults`, `cwd`: per process id, more flags, a `JAXCNN_FAULT`, a working folder."""
     port = free_port()
@@ -39,7 +40,7 @@ def launch(workdir: str | pathlib.Path, n: int, arg: str = ARG, devices: int = 1
         env = dict(ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         if (faults or {}).get(i):
             env["JAXCNN_FAULT"] = faults[i]
-        args = [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", f"{ROOT}/configs/lenet.py:{arg}",
+        args = [sys.executable, str(ROOT / "scripts" / script), "--config", f"{ROOT}/configs/lenet.py:{arg}",
                 "--workdir", str(workdir), "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", str(n),
                 "--process_id", str(i), *TIMEOUTS, *(extra or {}).get(i, ())]
         procs.append(subprocess.Popen(args, cwd=(cwd or {}).get(i, ROOT), env=env, stdout=subprocess.PIPE,
@@ -117,6 +118,17 @@ def test_killed_two_process_run_resumes_as_two_and_as_one_process(reference, tmp
     proc = train_cli(as_one, ARG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_equal_runs(reference, as_one)
+
+
+def test_a_study_trains_each_run_across_both_processes(reference, tmp_path):
+    """scripts/study.py with the same flags: one run at a time spanning the processes; process 0 writes the
+    study's files and the report once every process is done; the run equals the single-process one."""
+    results = launch(tmp_path, 2, ARG.split(",", 1)[1], script="study.py",  # overrides only: no variant
+                     extra={i: ("--variants", "3", "--seeds", "1") for i in (0, 1)})
+    check_ok(results)
+    assert_equal_runs(reference, tmp_path / "3" / "seed_0")
+    assert "report:" in results[0].stdout and "report:" not in results[1].stdout
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "results.csv").read_text().count("\n3,0,done,") == 1
 
 
 def test_coordinator_killed_stops_the_others_in_one_line(tmp_path):

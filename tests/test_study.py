@@ -54,7 +54,7 @@ def test_a_killed_study_resumes_its_unfinished_runs(tmp_path):
     """SIGKILL while the first run writes its figures (after its last epoch): the rerun finishes
     that run from its checkpoint and trains the other; every run ends done, every epoch once."""
     args = ("study.py", "--config", f"configs/lenet.py:{SMALL}", "--workdir", str(tmp_path), "--variants",
-            "3,maxpool")
+            "3,maxpool", "--jobs", "1")  # the fault kills the study process itself (tests/test_jobs.py: workers)
     killed = cli(*args, fault="figures:2:SIGKILL")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (tmp_path / "3" / "seed_0" / "summary.json").exists()
