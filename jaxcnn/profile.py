@@ -192,15 +192,17 @@ def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_clas
     images = jnp.asarray(rng.standard_normal(probe.shape), jnp.float32)
     labels = jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)
 
-    def forward(s, v):
-        return nnx.merge(graphdef, s)(v)
+    params_def, params, rest = nnx.split(model, nnx.Param, ...)  # gradients of the parameters only (not RNG keys)
 
-    def train(s, v, y):
-        def loss(s):
-            return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(graphdef, s)(v), y).mean()
-        return jax.grad(loss)(s)
+    def forward(p, r, v):
+        return nnx.merge(params_def, p, r)(v)
 
-    whole = (_Timed(forward, state, images), _Timed(train, state, images, labels))
+    def train(p, r, v, y):  # as the training step: nnx.grad of the parameters (BatchNorm stats update inside)
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(v), y).mean()
+        return nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(nnx.merge(params_def, p, r))
+
+    whole = (_Timed(forward, params, rest, images), _Timed(train, params, rest, images, labels))
     timed = [t for pair in (*programs, whole) for t in pair]
     for repeat in range(max_repeats):
         for t in timed:

@@ -33,8 +33,9 @@ def dense_flops(n, d_in, d_out):
 
 @pytest.fixture(scope="module")
 def conv4_profile():
-    """LeNet-5 with two extra 3×3 convs (variant conv4) at a batch of 20: quick, every layer kind."""
-    config = lenet.get_config("conv4,batch_size=20")
+    """LeNet-5 with two extra 3×3 convs (variant conv4) at a batch of 20: quick, every layer kind. XLA's own
+    convolutions (model.conv=xla): the CPU small-conv path computes the padded taps too (jaxcnn.models.conv)."""
+    config = lenet.get_config("conv4,batch_size=20,model.conv=xla")
     return profile.profile_config(config, 10, min_time_s=0.02, min_repeats=3), config
 
 
@@ -68,6 +69,12 @@ def test_times_and_shares_add_up(conv4_profile):
     assert profile.Profile.from_json(p.to_json()) == p
     text = profile.format_text(p, "conv4")
     assert "extra.1" in text and f"conv layers {100 * p.by_kind()['conv']:.0f} %" in text
+
+
+def test_a_model_with_dropout_and_batchnorm_rngs_profiles():
+    config = config_module("ssl_init").get_config("random,data=embedded,batch_size=8")
+    p = profile.profile_config(config, 10, min_time_s=0.01, min_repeats=1)
+    assert [x.kind for x in p.layers].count("conv") == 3 and p.model.time_train_s > 0
 
 
 def test_strided_conv_and_three_channel_inputs_of_the_pooling_cnn():
