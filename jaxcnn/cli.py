@@ -168,7 +168,7 @@ def _say(line: str) -> bool:
     """Prints `line` to stderr if no other thread has reported how this process ends; whether it did."""
     if not _said.acquire(blocking=False):
         return False
-    print(line, file=sys.stderr, flush=True)
+    print(f"\n{line}", file=sys.stderr, flush=True)  # on a line of its own: a progress bar may be mid-line
     return True
 
 

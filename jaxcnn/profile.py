@@ -164,11 +164,13 @@ def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool,
 
 
 def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
-                  min_time_s: float = 0.1, max_repeats: int = 50, min_repeats: int = 5) -> Profile:
+                  min_time_s: float = 0.1, max_repeats: int = 50, min_repeats: int = 5,
+                  max_total_s: float = 3.0) -> Profile:
     """Per-layer cost of `model` on batches of `batch_size` inputs of NHWC `input_shape`.
 
-    Each program runs at least `min_repeats` times, more (up to `max_repeats`) until the slowest has had
-    `min_time_s` in all; the programs take turns. The model is not changed.
+    The programs take turns, in rounds: at least `min_repeats` rounds, then more (up to `max_repeats`) until every
+    program has run for `min_time_s` in all, or the timed rounds took `max_total_s` (a large model's few repeats
+    are long enough). The model is not changed.
     """
     model = nnx.clone(model)
     model.train()
@@ -204,10 +206,12 @@ def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_clas
 
     whole = (_Timed(forward, params, rest, images), _Timed(train, params, rest, images, labels))
     timed = [t for pair in (*programs, whole) for t in pair]
+    t0 = time.perf_counter()
     for repeat in range(max_repeats):
         for t in timed:
             t.run()
-        if repeat + 1 >= min_repeats and min(sum(t.times) for t in timed) >= min_time_s:
+        enough = min(sum(t.times) for t in timed) >= min_time_s or time.perf_counter() - t0 >= max_total_s
+        if repeat + 1 >= min_repeats and enough:
             break
 
     def cost(name: str, kind: str, shape: str, params: int, pair: tuple[_Timed, _Timed]) -> LayerCost:

@@ -24,7 +24,7 @@ SIZE = 64  # reduced input size: fast on CPU
 def small(arg: str, tmp_init: pathlib.Path | None = None):
     extra = f",init={tmp_init}" if tmp_init else ""
     return cfgs.get_config(f"{arg},data=embedded,data.image_size=[{SIZE},{SIZE}],data.max_train=64,"
-                           f"data.max_test=40,batch_size=16,epochs=1,data.eval_crop_pct=0{extra}")
+                           f"data.max_test=40,batch_size=16,epochs=1,data.eval_crop_pct=0,report.layer_profile=False{extra}")
 
 
 def fake_converted(tmp_path: pathlib.Path, architecture: str, classes: int = 1000, seed: int = 7) -> pathlib.Path:
