@@ -42,7 +42,7 @@ from jaxcnn.study.report import write_report
 from jaxcnn.study.runs import RunRecord
 from jaxcnn.train import init
 from jaxcnn.train.checkpoint import Checkpoints
-from jaxcnn.train.loop import train_group
+from jaxcnn.train.loop import SignalCatcher, train_group
 from jaxcnn.train.trainer import check_trainable, group_key
 
 GROUP_CHOICES = ("auto", "yes", "no")
@@ -193,25 +193,15 @@ def _eta(t0: float, done: int, total: int) -> str:
     return f" ({done}/{total} runs in {duration(elapsed)}; about {duration(elapsed / done * (total - done))} left)"
 
 
-class _Signals:
+class _Signals(SignalCatcher):
     """Counts Ctrl-C and SIGTERM while worker processes train (the study process passes each one on)."""
 
     def __init__(self):
+        super().__init__()
         self.count = 0
-        self._previous = {}
 
     def _handler(self, signum, frame):
         self.count += 1
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class _Worker:

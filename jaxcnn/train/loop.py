@@ -98,20 +98,17 @@ def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
                                "use a new --workdir, or the same config to resume")
 
 
-class _StopRequest:
-    """Ctrl-C and SIGTERM while runs train: the first one is noted and the loop stops at the next
-    step boundary, so a signal never lands inside a checkpoint save; a second one stops at once."""
+class SignalCatcher:
+    """Within `with`: Ctrl-C and SIGTERM call `self._handler(signum, frame)` instead of stopping the process
+    (main thread only; the previous handlers come back on exit)."""
 
     def __init__(self):
-        self.requested = False
         self._previous = {}
 
     def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        raise NotImplementedError
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handler)
@@ -120,6 +117,20 @@ class _StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class _StopRequest(SignalCatcher):
+    """Ctrl-C and SIGTERM while runs train: the first one is noted and the loop stops at the next
+    step boundary, so a signal never lands inside a checkpoint save; a second one stops at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 class _Run:
