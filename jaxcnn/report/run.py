@@ -148,7 +148,8 @@ def write_outputs(workdir: pathlib.Path, title: str, history: Sequence[dict[str,
         shown = [i for i in test_index if 0 <= i < len(test_labels)]
         if shown:
             plots.prediction_grid(test_images[shown], test_labels[shown], predictions[shown], class_names,
-                                  workdir / TEST_IMAGES_PNG, f"test images {', '.join(map(str, shown))}",
+                                  workdir / TEST_IMAGES_PNG,
+                                  f"test image{'s' * (len(shown) > 1)} {', '.join(map(str, shown))}",
                                   confidences[shown])
     profile = Profile.from_json(summary["layer_profile"]) if "layer_profile" in summary else None
     if profile is not None:
