@@ -143,11 +143,14 @@ def test_a_signal_stops_every_run_and_the_rerun_trains_only_what_is_left(one_at_
     assert "  2/seed_0 stopped: interrupted " in proc.stdout and "  maxpool/seed_0 stopped: interrupted " in proc.stdout
     assert not (tmp_path / "2" / "seed_0" / "summary.json").exists()
     proc = _interrupt(tmp_path, signal.SIGINT, lambda pid: len(_workers(pid)) == 2)
-    assert proc.stdout.count(" stopped: ") == 2, proc.stdout
+    # each run stopped; (rarely) one whose worker missed the signal while starting finishes instead, and its
+    # worker, then idle, must still be released (it hung the study once, waiting for another run)
+    assert proc.stdout.count(" stopped: ") + proc.stdout.count(" done in ") == 2, proc.stdout
 
+    done = proc.stdout.count(" done in ")
     again = cli(*study_args(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 runs: 1 finished, 2 to train" in again.stdout
+    assert f"3 runs: {1 + done} finished, {2 - done} to train" in again.stdout
     assert (tmp_path / "3" / "seed_0" / "metrics.jsonl").read_text() == finished
     assert_same_runs(tmp_path, one_at_a_time)
 

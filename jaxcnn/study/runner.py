@@ -309,6 +309,10 @@ def _train_in_processes(pending: Sequence[PlannedRun], config_path: str, jobs: i
                             worker.give(run)
                         elif worker.run is None:
                             worker.close()
+                else:  # interrupted: no more runs, so a worker whose run ended exits (it waits on its stdin)
+                    for worker in workers:
+                        if worker.run is None:
+                            worker.close()
                 if not workers:
                     break
                 time.sleep(0.1)
