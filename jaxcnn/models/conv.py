@@ -65,16 +65,15 @@ def conv_function(choice: str):
 
 
 def _shifted(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """Stride-1 convolution as k×k shifted multiply-adds of the padded input (one input channel: broadcast
-    products, no matmul)."""
-    kh, kw, cin, _ = w.shape
+    """Stride-1 convolution of a one-input-channel image as k×k shifted multiply-adds of the padded input
+    (broadcast products, no matmul)."""
+    kh, kw, _, _ = w.shape
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
     out = None
     for i in range(kh):
         for j in range(kw):
-            window = xp[:, i:i + ho, j:j + wo, :]
-            term = window * w[i, j, 0] if cin == 1 else window @ w[i, j]
+            term = xp[:, i:i + ho, j:j + wo, :] * w[i, j, 0]
             out = term if out is None else out + term
     return out
 
