@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from unittest import mock
 
 from absl import app, flags, logging
 
@@ -253,8 +252,9 @@ def initialize_distributed() -> None:
     # of ours the failure reaches Python instead: jaxlib cannot pass the status to a Python callable, so
     # Connect() raises. After connecting, `_Cluster`'s watchdog acts before JAX's heartbeat timeout (set longer).
     make_client = distributed._jax.get_distributed_runtime_client
-    with mock.patch.object(distributed._jax, "get_distributed_runtime_client",
-                           lambda *a, **kw: make_client(*a, missed_heartbeat_callback=_runtime_failed, **kw)):
+    distributed._jax.get_distributed_runtime_client = (
+        lambda *a, **kw: make_client(*a, missed_heartbeat_callback=_runtime_failed, **kw))
+    try:
         try:
             jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None},
                                        initialization_timeout=timeout_s, heartbeat_timeout_seconds=2 * heartbeat_s + 10)
@@ -264,6 +264,8 @@ def initialize_distributed() -> None:
                 f"process {pid}: not all {n} processes joined within {timeout_s} s ({first_line(e)}): start every "
                 f"process with the same --coordinator_address and --num_processes={n} and its own --process_id "
                 f"0..{n - 1 if n else 'N-1'} (--initialization_timeout sets the wait)") from None
+    finally:
+        distributed._jax.get_distributed_runtime_client = make_client
     _cluster = _Cluster(jax.process_index(), given["num_processes"] or jax.process_count(),
                         distributed.global_state.coordinator_address,
                         heartbeat_s, timeout_s)
