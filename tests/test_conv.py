@@ -4,11 +4,13 @@ gradients over shapes, paddings, channels and batches; what it does not cover go
 import contextlib
 import itertools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
 from jaxcnn.models import build_model
@@ -107,3 +109,34 @@ def test_a_run_with_either_path_gives_the_same_metrics(tmp_path):
         for key in ("train_loss", "test_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1 / 200  # at most one image flips
+
+
+def _fused_computations(hlo: str) -> list[tuple[str, str]]:
+    """(result shape, body) of each fused computation in XLA's optimized HLO text."""
+    blocks = re.findall(r"^%(fused_computation[\w.]*) \(.*?\) -> (\S+) \{\n(.*?)\n\}", hlo, re.M | re.S)
+    return [(shape, body) for _, shape, body in blocks]
+
+
+def test_the_rewrites_are_not_fused_into_their_consumers():
+    """XLA CPU fused the 25 shifted multiply-adds into the following tanh (a scalar loop, 10× slower) and
+    col2im into the pooling backward (recomputed for each of the 4 pixels a pooled value feeds): the tanh
+    LeNet step took twice the ReLU one. Each rewrite must be computed on its own."""
+    config = config_module("lenet").get_config("0")  # tanh, average pooling
+    model = build_model(config.model, 10, (28, 28, 1), 0)
+    graphdef, params = nnx.split(model)
+    x = jnp.zeros((8, 28, 28, 1))
+
+    def loss(p):
+        return jnp.sum(nnx.merge(graphdef, p)(x))
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    fused = _fused_computations(hlo)
+    assert fused, "no fused computations found: the HLO text format changed"
+    taps = 5 * 5
+    for shape, body in fused:
+        if " tanh(" in body:  # conv1's forward (25 multiplies) must reach the tanh as a finished array
+            assert body.count(" multiply(") < taps, shape
+        if body.count(" pad(") >= taps:  # col2im: conv2's input gradient, 8×14×14×6, on its own
+            assert shape.startswith("f32[8,14,14,6]"), shape
+    assert any(body.count(" pad(") >= taps for _, body in fused), "col2im not found"
+    assert any(body.count(" multiply(") >= taps for _, body in fused), "the shifted forward not found"
