@@ -17,7 +17,7 @@ import json
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -126,23 +126,34 @@ def _flops(compiled: jax.stages.Compiled) -> float:
 
 
 class _Timed:
-    """A jitted function compiled for its arguments: its FLOPs and a timer."""
+    """A jitted function compiled for its arguments: its FLOPs; calling it runs it to completion."""
 
     def __init__(self, fn: Callable, *args):
         self.compiled = jax.jit(fn).lower(*args).compile()
         self.args = args
         self.flops = _flops(self.compiled)
-        self.times: list[float] = []
-        jax.block_until_ready(self.compiled(*args))  # warm-up
+        self()  # warm-up
 
-    def run(self) -> None:
-        t0 = time.perf_counter()
+    def __call__(self) -> None:
         jax.block_until_ready(self.compiled(*self.args))
-        self.times.append(time.perf_counter() - t0)
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+
+def interleaved_medians(programs: list[Callable[[], None]], min_time_s: float = 0.1, max_repeats: int = 50,
+                        min_repeats: int = 5, max_total_s: float = 3.0) -> list[float]:
+    """The median time of each program (a call that returns when its work is done), the programs taking turns in
+    rounds: at least `min_repeats` rounds, then more (up to `max_repeats`) until every program has run for
+    `min_time_s` in all, or the timed rounds took `max_total_s` (a large model's few repeats are long enough)."""
+    times: list[list[float]] = [[] for _ in programs]
+    t0 = time.perf_counter()
+    for repeat in range(max_repeats):
+        for program, samples in zip(programs, times):
+            start = time.perf_counter()
+            program()
+            samples.append(time.perf_counter() - start)
+        enough = min(map(sum, times)) >= min_time_s or time.perf_counter() - t0 >= max_total_s
+        if repeat + 1 >= min_repeats and enough:
+            break
+    return [statistics.median(samples) for samples in times]
 
 
 def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool,
@@ -164,14 +175,16 @@ def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool,
 
 
 def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
-                  min_time_s: float = 0.1, max_repeats: int = 50, min_repeats: int = 5,
-                  max_total_s: float = 3.0) -> Profile:
-    """Per-layer cost of `model` on batches of `batch_size` inputs of NHWC `input_shape`.
+                  **timing) -> Profile:
+    """Per-layer cost of `model` on batches of `batch_size` inputs of NHWC `input_shape`, the programs timed by
+    `interleaved_medians` (`timing`: its keyword arguments). The model is not changed."""
+    return profile_beside(model, input_shape, num_classes, batch_size, (), **timing)[0]
 
-    The programs take turns, in rounds: at least `min_repeats` rounds, then more (up to `max_repeats`) until every
-    program has run for `min_time_s` in all, or the timed rounds took `max_total_s` (a large model's few repeats
-    are long enough). The model is not changed.
-    """
+
+def profile_beside(model: nnx.Module, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
+                   alongside: Sequence[Callable[[], None]], **timing) -> tuple[Profile, list[float]]:
+    """`profile_model`, with the programs `alongside` (e.g. another framework's layers) timed in the same rounds;
+    returns the profile and their median times."""
     model = nnx.clone(model)
     model.train()
     probe = jnp.zeros((batch_size, *input_shape), jnp.float32)
@@ -206,21 +219,18 @@ def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_clas
 
     whole = (_Timed(forward, params, rest, images), _Timed(train, params, rest, images, labels))
     timed = [t for pair in (*programs, whole) for t in pair]
-    t0 = time.perf_counter()
-    for repeat in range(max_repeats):
-        for t in timed:
-            t.run()
-        enough = min(sum(t.times) for t in timed) >= min_time_s or time.perf_counter() - t0 >= max_total_s
-        if repeat + 1 >= min_repeats and enough:
-            break
+    all_medians = interleaved_medians([*timed, *alongside], **timing)
+    medians = dict(zip(map(id, timed), all_medians))
 
     def cost(name: str, kind: str, shape: str, params: int, pair: tuple[_Timed, _Timed]) -> LayerCost:
         fwd, train_ = pair
-        return LayerCost(name, kind, shape, params, fwd.flops, train_.flops - fwd.flops, fwd.median, train_.median)
+        return LayerCost(name, kind, shape, params, fwd.flops, train_.flops - fwd.flops, medians[id(fwd)],
+                         medians[id(train_)])
 
     costs = tuple(cost(".".join(map(str, path)), *_describe(layer), count_params(layer), pair)
                   for (path, layer), pair in zip(layers, programs))
-    return Profile(batch_size, jax.default_backend(), costs, cost("model", "model", "", count_params(model), whole))
+    profile = Profile(batch_size, jax.default_backend(), costs, cost("model", "model", "", count_params(model), whole))
+    return profile, all_medians[len(timed):]
 
 
 def profile_config(config: ml_collections.ConfigDict, num_classes: int, model: nnx.Module | None = None,
@@ -280,3 +290,20 @@ def format_text(profile: Profile, title: str = "") -> str:
 
 
 
+
+
+def format_beside(ours: Profile, theirs: Profile, label: str) -> str:
+    """Two profiles of one architecture side by side, layer by layer (matched by name), `other` and the whole
+    model: forward and forward + backward times and `theirs / ours` (above 1: jaxcnn is faster)."""
+    by_name = {x.name: x for x in (*theirs.layers, theirs.other, theirs.model)}
+    header = ["layer", "jaxcnn ms fwd", f"{label} ms fwd", "jaxcnn ms fwd+bwd", f"{label} ms fwd+bwd",
+              f"jaxcnn speed vs {label}"]
+    body = [header]
+    for x in (*ours.layers, ours.other, ours.model):
+        y = by_name.get(x.name)
+        body.append([x.name, f"{1e3 * x.time_forward_s:.3f}", f"{1e3 * y.time_forward_s:.3f}" if y else "–",
+                     f"{1e3 * x.time_train_s:.3f}", f"{1e3 * y.time_train_s:.3f}" if y else "–",
+                     f"{y.time_train_s / x.time_train_s:.2f}×" if y and x.time_train_s > 0 else "–"])
+    widths = [max(len(r[i]) for r in body) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in body)

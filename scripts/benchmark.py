@@ -17,7 +17,9 @@ says so and measures the CPU:
     python scripts/benchmark.py --config configs/lenet.py:3 --backends=all     # or --backends=cpu,gpu
 
 Which layers cost the time (no training): each conv/dense layer's parameters, FLOPs and time, forward and
-forward + backward, at the config's batch size on this backend (what every run's summary.md also holds):
+forward + backward, at the config's batch size on this backend (what every run's summary.md also holds); with
+torch installed, beside it the same for the config's PyTorch twin, timed in the same interleaved rounds
+(`--notorch` skips it):
 
     python scripts/benchmark.py --config configs/lenet.py:conv4 --layers
 
@@ -45,7 +47,9 @@ import torch_reference  # scripts/torch_reference.py: the PyTorch loop, outside 
 from jaxcnn.cli import run
 from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
-from jaxcnn.profile import format_text, profile_config
+from jaxcnn.models import build_model
+from jaxcnn.profile import format_beside, format_text, profile_beside, profile_config
+from jaxcnn.train.init import model_input_shape
 from jaxcnn.report.run import machine_name
 from jaxcnn.train.loop import run_title
 from jaxcnn.errors import ConfigError
@@ -62,8 +66,8 @@ flags.DEFINE_bool("torch", True, "Run the PyTorch reference loop.")
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_list("devices", None, "Measure data-parallel scaling over these device counts (e.g. 1,2,4,8) "
                   "with the first --loop, instead of the PyTorch comparison.")
-flags.DEFINE_bool("layers", False, "Print the time and FLOPs per layer of the config's model (jaxcnn.profile) "
-                  "instead of timing training.")
+flags.DEFINE_bool("layers", False, "Print the time and FLOPs per layer of the config's model (jaxcnn.profile), "
+                  "beside its PyTorch twin's times, instead of timing training.")
 flags.DEFINE_list("backends", None, f"Measure on each of these backends, one process each: all, or from "
                   f"{','.join(BACKENDS)}; prints time per epoch, projected 100 epochs and the speed-up over the CPU.")
 
@@ -75,12 +79,7 @@ def main(argv):
         compare(f)
         return
     if f.layers:
-        validate(f.config)
-        profile = profile_config(f.config, load_dataset(f.config.data).num_classes)
-        print(format_text(profile, f"{run_title(f.config)}\nmachine: {machine_name()}; jax {jax.__version__}; "
-                                   f"{jax.default_backend()} ({jax.devices()[0].device_kind})\n"))
-        if f.json:
-            pathlib.Path(f.json).write_text(json.dumps(profile.to_json(), indent=2) + "\n")
+        layers(f)
         return
     if f.devices:
         if not all(n.isdigit() and int(n) > 0 for n in f.devices):
@@ -99,6 +98,32 @@ def main(argv):
     print(format_table(report))
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def layers(f) -> None:
+    """--layers: jaxcnn's per-layer profile and, with torch installed (and --torch), its PyTorch twin's, timed in
+    the same interleaved rounds."""
+    validate(f.config)
+    num_classes = load_dataset(f.config.data).num_classes
+    title = (f"{run_title(f.config)}\nmachine: {machine_name()}; jax {jax.__version__}; "
+             f"{jax.default_backend()} ({jax.devices()[0].device_kind})\n")
+    if not f.torch or importlib.util.find_spec("torch") is None:
+        profile = profile_config(f.config, num_classes)
+        print(format_text(profile, title))
+        print(f"PyTorch beside it skipped: {'not requested' if not f.torch else torch_reference.TORCH_MISSING}")
+        data = profile.to_json()
+    else:
+        programs, finish = torch_reference.torch_layer_programs(f.config, num_classes)
+        shape = model_input_shape(f.config)
+        profile, medians = profile_beside(build_model(f.config.model, num_classes, shape, f.config.seed), shape,
+                                          num_classes, f.config.train.batch_size, programs)
+        theirs = finish(medians)
+        print(format_text(profile, title))
+        print(f"\nBeside PyTorch ({torch_reference.describe()}), each layer of its twin timed alone the same way, in "
+              f"the same rounds:\n{format_beside(profile, theirs, 'PyTorch')}")
+        data = {**profile.to_json(), "torch": theirs.to_json()}
+    if f.json:
+        pathlib.Path(f.json).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def compare(f) -> None:

@@ -332,6 +332,81 @@ def torch_contender(config: ml_collections.ConfigDict, images: np.ndarray, label
     return Contender(TORCH_METHOD, steps * batch_size, None, epoch)
 
 
+def torch_layer_programs(config: ml_collections.ConfigDict, num_classes: int):
+    """The per-layer programs of the config's PyTorch twin, to be timed as `jaxcnn.profile` times jaxcnn's
+    (`profile_beside` runs them in the same rounds): each conv/dense layer alone at the input shape it sees in
+    the model (recorded by forward hooks on one pass at the training batch size), its forward pass (no autograd)
+    and forward + backward (the parameters' gradients, and the input's except for the first layer); the whole
+    model's forward and forward + backward of the cross-entropy loss; on `torch_device()` with all CPU threads,
+    the model in training mode. Returns (programs, finish): `finish(their median times)` is the `Profile`
+    (without FLOPs)."""
+    import torch
+    from torch import nn
+
+    from jaxcnn.profile import LayerCost, Profile
+
+    torch.set_num_threads(os.cpu_count())
+    device = torch_device()
+    model = torch_model(config, num_classes).to(device).train()
+    height, width, channels = model_input_shape(config)
+    batch = config.train.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand((batch, channels, height, width), generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+    inputs: dict[str, torch.Size] = {}  # in call order
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    def record(name: str):
+        def hook(module, args) -> None:  # a pre-hook that returns something replaces the input
+            inputs.setdefault(name, args[0].shape)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in modules.items()]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+
+    def done() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def programs(module, x, backward):
+        def forward():
+            with torch.no_grad():
+                module(x)
+            done()
+
+        def train():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            backward(module(x))
+            done()
+        return forward, train
+
+    timed = []
+    for name, shape in inputs.items():
+        x = torch.randn(shape, generator=generator).to(device).requires_grad_(shape != images.shape)
+        with torch.no_grad():
+            cotangent = torch.randn_like(modules[name](x))
+        timed.append(programs(modules[name], x, lambda out, ct=cotangent: out.backward(ct)))
+    loss_fn = nn.CrossEntropyLoss()
+    timed.append(programs(model, images, lambda out: loss_fn(out, labels).backward()))
+    flat = [program for pair in timed for program in pair]
+    for program in flat:
+        program()  # warm-up
+
+    def finish(medians: list[float]) -> Profile:
+        def cost(name: str, module, i: int) -> LayerCost:
+            kind = "conv" if isinstance(module, nn.Conv2d) else "dense" if isinstance(module, nn.Linear) else "model"
+            params = sum(p.numel() for p in module.parameters())
+            return LayerCost(name, kind, "", params, float("nan"), float("nan"), medians[2 * i], medians[2 * i + 1])
+
+        layers = tuple(cost(name, modules[name], i) for i, name in enumerate(inputs))
+        return Profile(batch, f"torch {device}", layers, cost("model", model, len(inputs)))
+
+    return flat, finish
+
+
 def benchmark_torch(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
                     epochs: int, num_classes: int = 10, warmup: int = 1) -> Result:
     """`measure` of the `torch_contender` alone: `epochs` timed epochs after `warmup` untimed ones."""

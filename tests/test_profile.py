@@ -100,3 +100,14 @@ def test_benchmark_layers_prints_the_profile_without_training(tmp_path):
                          proc.stdout, re.M), x
     assert profile.summary_line(p) in proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+    # beside it, the PyTorch twin's layers (torch is in the dev install), timed in the same rounds
+    theirs = profile.Profile.from_json(json.loads(out.read_text())["torch"])
+    assert [(y.name, y.kind, y.params) for y in theirs.layers] == [(x.name, x.kind, x.params) for x in p.layers]
+    assert theirs.model.params == p.model.params and theirs.batch_size == 10 and theirs.backend == "torch cpu"
+    for x, y in zip((*p.layers, p.other, p.model), (*theirs.layers, theirs.other, theirs.model)):
+        assert y.time_train_s > 0 or y.name == "other"
+        assert re.search(rf"^{re.escape(x.name)} +{1e3 * x.time_forward_s:.3f} +{1e3 * y.time_forward_s:.3f} "
+                         rf"+{1e3 * x.time_train_s:.3f} +{1e3 * y.time_train_s:.3f} +", proc.stdout, re.M), x.name
+    model_row = re.search(r"^model .* ([\d.]+)×$", proc.stdout, re.M)
+    assert float(model_row[1]) == pytest.approx(theirs.model.time_train_s / p.model.time_train_s, abs=0.006)
+
