@@ -21,6 +21,7 @@ from jaxcnn.data.images import EvalCrop, load_image
 from jaxcnn.errors import ConfigError
 from jaxcnn.report.plots import short_name
 from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.models import compiler_options
 from jaxcnn.train.steps import make_predict_fn
 
 
@@ -243,7 +244,7 @@ def load_predictor(workdir: str | pathlib.Path, epoch: int | None = None) -> Pre
 def _predictor(model: nnx.Module, config: ml_collections.ConfigDict, class_names: tuple[str, ...],
                input_shape: tuple[int, int, int], epoch: int | None, crop: EvalCrop | None = None) -> Predictor:
     graphdef, state = nnx.split(model)
-    predict_fn = make_predict_fn(graphdef, make_preprocess(config.data))
+    predict_fn = make_predict_fn(graphdef, make_preprocess(config.data), compiler_options(config.model))
     return Predictor(class_names, input_shape, epoch,
                      lambda images: np.asarray(predict_fn(state, jax.numpy.asarray(images))), crop,
                      None if epoch is None else config.data)

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxcnn.models import build_model, count_params
+from jaxcnn.models import build_model, compiler_options, count_params
 
 LAYER_TYPES = (nnx.Conv, nnx.Linear)  # the layers with weights that the profile times one by one
 OTHER = "other"  # the row for the rest of the model
@@ -128,8 +128,8 @@ def _flops(compiled: jax.stages.Compiled) -> float:
 class _Timed:
     """A jitted function compiled for its arguments: its FLOPs; calling it runs it to completion."""
 
-    def __init__(self, fn: Callable, *args):
-        self.compiled = jax.jit(fn).lower(*args).compile()
+    def __init__(self, fn: Callable, *args, compiler_options: dict[str, str] | None = None):
+        self.compiled = jax.jit(fn, compiler_options=compiler_options).lower(*args).compile()
         self.args = args
         self.flops = _flops(self.compiled)
         self()  # warm-up
@@ -156,8 +156,8 @@ def interleaved_medians(programs: list[Callable[[], None]], min_time_s: float = 
     return [statistics.median(samples) for samples in times]
 
 
-def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool,
-                    rng: np.random.Generator) -> tuple[_Timed, _Timed]:
+def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool, rng: np.random.Generator,
+                    compiler_options: dict[str, str] | None) -> tuple[_Timed, _Timed]:
     graphdef, state = nnx.split(layer)
     inputs = jnp.asarray(rng.standard_normal(x.shape), x.dtype)  # NumPy: no compile per shape
     out = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s)(v), state, inputs)
@@ -171,18 +171,21 @@ def _layer_programs(layer: nnx.Module, x: jax.ShapeDtypeStruct, first: bool,
         s_grad, v_grad = backward(ct)
         return out, s_grad if first else (s_grad, v_grad)  # the first layer needs no input gradient
 
-    return _Timed(forward, state, inputs), _Timed(train, state, inputs, cotangent)
+    return (_Timed(forward, state, inputs, compiler_options=compiler_options),
+            _Timed(train, state, inputs, cotangent, compiler_options=compiler_options))
 
 
 def profile_model(model: nnx.Module, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
-                  **timing) -> Profile:
-    """Per-layer cost of `model` on batches of `batch_size` inputs of NHWC `input_shape`, the programs timed by
+                  compiler_options: dict[str, str] | None = None, **timing) -> Profile:
+    """Per-layer cost of `model` on batches of `batch_size` inputs of NHWC `input_shape`, the programs compiled
+    with XLA's `compiler_options` (those training uses: `jaxcnn.models.compiler_options`) and timed by
     `interleaved_medians` (`timing`: its keyword arguments). The model is not changed."""
-    return profile_beside(model, input_shape, num_classes, batch_size, (), **timing)[0]
+    return profile_beside(model, input_shape, num_classes, batch_size, (), compiler_options, **timing)[0]
 
 
 def profile_beside(model: nnx.Module, input_shape: tuple[int, int, int], num_classes: int, batch_size: int,
-                   alongside: Sequence[Callable[[], None]], **timing) -> tuple[Profile, list[float]]:
+                   alongside: Sequence[Callable[[], None]], compiler_options: dict[str, str] | None = None,
+                   **timing) -> tuple[Profile, list[float]]:
     """`profile_model`, with the programs `alongside` (e.g. another framework's layers) timed in the same rounds;
     returns the profile and their median times."""
     model = nnx.clone(model)
@@ -201,7 +204,7 @@ def profile_beside(model: nnx.Module, input_shape: tuple[int, int, int], num_cla
     jax.eval_shape(trace, state)
     layers = [(path, m) for path, m in nnx.iter_modules(model) if path in inputs]
     rng = np.random.default_rng(0)
-    programs = [_layer_programs(layer, inputs[path], tuple(inputs[path].shape) == probe.shape, rng)
+    programs = [_layer_programs(layer, inputs[path], tuple(inputs[path].shape) == probe.shape, rng, compiler_options)
                 for path, layer in layers]
 
     images = jnp.asarray(rng.standard_normal(probe.shape), jnp.float32)
@@ -217,7 +220,8 @@ def profile_beside(model: nnx.Module, input_shape: tuple[int, int, int], num_cla
             return optax.softmax_cross_entropy_with_integer_labels(m(v), y).mean()
         return nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(nnx.merge(params_def, p, r))
 
-    whole = (_Timed(forward, params, rest, images), _Timed(train, params, rest, images, labels))
+    whole = (_Timed(forward, params, rest, images, compiler_options=compiler_options),
+             _Timed(train, params, rest, images, labels, compiler_options=compiler_options))
     timed = [t for pair in (*programs, whole) for t in pair]
     all_medians = interleaved_medians([*timed, *alongside], **timing)
     medians = dict(zip(map(id, timed), all_medians))
@@ -245,7 +249,8 @@ def profile_config(config: ml_collections.ConfigDict, num_classes: int, model: n
                       sorted(kwargs.items())], default=str)
     if key not in _PROFILES:
         model = model or build_model(config.model, num_classes, shape, config.seed)
-        _PROFILES[key] = profile_model(model, shape, num_classes, config.train.batch_size, **kwargs)
+        _PROFILES[key] = profile_model(model, shape, num_classes, config.train.batch_size,
+                                       compiler_options(config.model), **kwargs)
     return _PROFILES[key]
 
 

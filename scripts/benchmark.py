@@ -47,7 +47,7 @@ import torch_reference  # scripts/torch_reference.py: the PyTorch loop, outside 
 from jaxcnn.cli import run
 from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, compiler_options
 from jaxcnn.profile import format_beside, format_text, profile_beside, profile_config
 from jaxcnn.train.init import model_input_shape
 from jaxcnn.report.run import machine_name
@@ -116,7 +116,8 @@ def layers(f) -> None:
         programs, finish = torch_reference.torch_layer_programs(f.config, num_classes)
         shape = model_input_shape(f.config)
         profile, medians = profile_beside(build_model(f.config.model, num_classes, shape, f.config.seed), shape,
-                                          num_classes, f.config.train.batch_size, programs)
+                                          num_classes, f.config.train.batch_size, programs,
+                                          compiler_options(f.config.model))
         theirs = finish(medians)
         print(format_text(profile, title))
         print(f"\nBeside PyTorch ({torch_reference.describe()}), each layer of its twin timed alone the same way, in "

@@ -77,9 +77,8 @@ def test_methods_are_interleaved_with_a_rotating_order_after_the_warm_up():
 
 
 def test_a_sample_taken_while_another_process_computes_is_flagged_and_left_out():
-    """A real busy process beside the sample: LoadMeter sees its CPU; the median skips that sample."""
-    with LoadMeter() as quiet:
-        time.sleep(0.3)
+    """A real busy process beside the sample: LoadMeter sees its CPU; the median skips that sample. (Not compared
+    with a sample without it: under the parallel suite the other worker may keep both cores busy in either.)"""
     spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
     try:
         time.sleep(0.3)  # let it start
@@ -88,7 +87,7 @@ def test_a_sample_taken_while_another_process_computes_is_flagged_and_left_out()
     finally:
         spinner.kill()
         spinner.wait()
-    assert busy.other_cores > LOADED_CORES + 0.3 and busy.other_cores > quiet.other_cores
+    assert busy.other_cores > LOADED_CORES + 0.3
     result = Result("x", 100, (1.0, 5.0, 1.2), (1.0, 0.9, 0.8), None, (0.0, busy.other_cores, 0.1))
     assert result.loaded == (False, True, False)
     assert result.kept_times_s == (1.0, 1.2) and result.epoch_time_s == pytest.approx(1.1)

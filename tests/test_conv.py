@@ -13,9 +13,11 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, compiler_options
 from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, in_loop, small_conv, use_small
 from jaxcnn.train import loop
+from jaxcnn.train.steps import make_eval_fn
+from jaxcnn.train.trainer import Trainer
 from tests.helpers import config_module
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -140,3 +142,29 @@ def test_the_rewrites_are_not_fused_into_their_consumers():
             assert shape.startswith("f32[8,14,14,6]"), shape
     assert any(body.count(" pad(") >= taps for _, body in fused), "col2im not found"
     assert any(body.count(" multiply(") >= taps for _, body in fused), "the shifted forward not found"
+
+
+def test_lenet_compiles_without_ynnpack_on_the_cpu_path_only():
+    """`model.conv=auto` on the CPU: LeNet's programs (training step, scanned epoch, evaluation) compile with
+    YNNPACK fusion off (measured faster with this path); `model.conv=xla` and the pooling CNN keep XLA's
+    default fusions."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 40).astype(np.int32)
+
+    def step_hlo(config, loop_="python"):
+        return Trainer(config, images, labels, 10, loop_)._train_fn.as_text()
+
+    lenet, pooling = config_module("lenet"), config_module("pooling")
+    auto = lenet.get_config("3,batch_size=10")
+    assert compiler_options(auto.model) == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    for loop_ in ("python", "scan"):
+        assert "__ynn_fusion" not in step_hlo(auto, loop_)
+    assert "__ynn_fusion" in step_hlo(lenet.get_config("3,batch_size=10,model.conv=xla"))
+    assert compiler_options(lenet.get_config("3,model.conv=xla").model) is None
+    pool = pooling.get_config("max,batch_size=10")
+    assert compiler_options(pool.model) is None and "__ynn_fusion" in step_hlo(pool)
+    model = build_model(auto.model, 10, (28, 28, 1), 0)
+    graphdef, state = nnx.split(model)
+    evaluate = make_eval_fn(graphdef, lambda x: x.astype(jnp.float32) / 255, 10,
+                            compiler_options=compiler_options(auto.model))
+    assert "__ynn_fusion" not in evaluate.lower(state, images, labels, np.ones(40, bool)).compile().as_text()

@@ -5,7 +5,8 @@ Each model module exports its `nnx.Module` class and the facts the rest of jaxcn
 replaced for a new class count), `TORCH_NAMES` (Flax path prefix -> PyTorch state-dict prefix;
 None: no PyTorch weights to convert), `FROZEN_TRAINS` (the path that trains under
 `transfer.mode=frozen`; None: not defined), `TORCH_CONV_INIT` (how PyTorch initialises its
-convolutions under `model.init=torch`: `layers.torch_init`) and `build(cfg, num_classes, input_shape, dtype, rngs)`.
+convolutions under `model.init=torch`: `layers.torch_init`) and `build(cfg, num_classes, input_shape, dtype, rngs)`;
+optionally `compiler_options(cfg)` (XLA options for the programs that run it, where they measured faster).
 A new architecture is one new module and one line in `MODELS`.
 """
 
@@ -58,6 +59,13 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int, input_shape: t
     if cfg.init == "torch":
         torch_init(model, rngs.params(), module.TORCH_CONV_INIT)
     return model
+
+
+def compiler_options(cfg: ml_collections.ConfigDict) -> dict[str, str] | None:
+    """The XLA options of the programs (training step and epoch, evaluation, prediction, profile) that run
+    architecture `cfg.name` on this backend: its module's `compiler_options(cfg)`, if it has one."""
+    options = getattr(model_module(cfg.name), "compiler_options", None)
+    return options(cfg) if options else None
 
 
 def count_params(model: nnx.Module) -> int:

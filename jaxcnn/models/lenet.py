@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcnn.models.conv import conv_function
+from jaxcnn.models.conv import conv_function, cpu_compiler_options
 from jaxcnn.models.layers import activation, check_pooling, pool
 
 # The facts the rest of jaxcnn reads about each architecture (see `jaxcnn.models`): config keys with
@@ -55,6 +55,12 @@ class LeNet5(nnx.Module):
         x = self.act(self.fc1(x))
         x = self.act(self.fc2(x))
         return self.fc3(x).astype(jnp.float32)
+
+
+def compiler_options(cfg) -> dict[str, str] | None:
+    """XLA options for the programs that train and run this model: on the CPU with the small-conv path (every
+    LeNet convolution takes it), YNNPACK fusion off (`conv.cpu_compiler_options`: measured faster)."""
+    return cpu_compiler_options(cfg.conv)
 
 
 def build(cfg, num_classes: int, input_shape: tuple[int, int, int], dtype, rngs: nnx.Rngs) -> LeNet5:

@@ -329,8 +329,8 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
     model_states = lambda: trainer.stacked([nnx.state(m) for m in trainer.models])
     t0 = time.perf_counter()
     eval_jit = make_eval_fn(eval_graphdef, trainer.preprocess, config.train.eval_batch_size, grouped=size > 1,
-                            constrain=trainer.constrain)
-    eval_jit = jax.jit(eval_jit, out_shardings=trainer.replicated)  # multi-host: every process gets every prediction
+                            constrain=trainer.constrain, compiler_options=trainer.compiler_options,
+                            out_shardings=trainer.replicated)  # multi-host: every process gets every prediction
     eval_fn = eval_jit.lower(model_states(), test_x, test_y, test_mask).compile()
     for model in trainer.models:
         model.train()

@@ -71,12 +71,16 @@ def make_step(graphdef: nnx.GraphDef, objective: Objective,
 
 
 def make_epoch_fns(graphdef: nnx.GraphDef, objective: Objective, grouped: bool = False,
-                   wrt: nnx.filterlib.Filter = nnx.Param):
+                   wrt: nnx.filterlib.Filter = nnx.Param, compiler_options: dict[str, str] | None = None,
+                   carry_def: jax.tree_util.PyTreeDef | None = None):
     """Returns (`step_fn`, `epoch_fn`): a jitted single step (for the Python loop) and a jitted
     whole epoch (`lax.scan` over the permutation's rows). Both donate the carry.
 
     `grouped`: the carry's state and metrics and the data's permutation and key have a leading
     member axis; one `jax.vmap`-ed step updates every member (images, labels and the step are shared).
+    `compiler_options`: XLA's, for both (`jaxcnn.models.compiler_options`). `carry_def`: the carry's tree
+    structure; both functions then take and return its leaves (a list of arrays) instead: a call with the nnx
+    State as its argument spent 0.34 ms per LeNet step flattening it in Python (4.92 vs 4.58 ms per step).
     """
     step = make_step(graphdef, objective, wrt)
     if grouped:
@@ -87,15 +91,21 @@ def make_epoch_fns(graphdef: nnx.GraphDef, objective: Objective, grouped: bool =
             carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
         return carry
 
-    return jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0)
+    def flat(fn: Callable[[Carry, EpochData], Carry]) -> Callable[[list, EpochData], list]:
+        return lambda leaves, data: jax.tree.leaves(fn(carry_def.unflatten(leaves), data))
+
+    step_fn, epoch_fn = (step, epoch) if carry_def is None else (flat(step), flat(epoch))
+    return (jax.jit(step_fn, donate_argnums=0, compiler_options=compiler_options),
+            jax.jit(epoch_fn, donate_argnums=0, compiler_options=compiler_options))
 
 
 def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int, grouped: bool = False,
-                 constrain: Callable[[jax.Array], jax.Array] = lambda x: x):
+                 constrain: Callable[[jax.Array], jax.Array] = lambda x: x, **jit_kwargs):
     """Returns jitted `evaluate(model_state, images, labels, mask) -> (loss_sum, correct, predictions,
     confidences)` over a whole split padded to whole batches (`pad_for_eval`); padded rows are masked out.
     `confidences` are the probabilities (softmax) of the predicted classes.
-    `grouped`: the state has a leading member axis, and so do the results."""
+    `grouped`: the state has a leading member axis, and so do the results. `jit_kwargs`: `jax.jit`'s
+    (`compiler_options`, `out_shardings`)."""
 
     def evaluate(state, images, labels, mask):
         model = nnx.merge(graphdef, state)
@@ -112,13 +122,13 @@ def make_eval_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, batch_size: int
         losses, correct, preds, confidences = jax.lax.map(batch, (shape(images), shape(labels), shape(mask)))
         return losses.sum(), correct.sum(), preds.reshape(-1), confidences.reshape(-1)
 
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)) if grouped else evaluate)
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)) if grouped else evaluate, **jit_kwargs)
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, preprocess: Preprocess):
+def make_predict_fn(graphdef: nnx.GraphDef, preprocess: Preprocess, compiler_options: dict[str, str] | None = None):
     """Returns jitted `predict(model_state, uint8 images) -> class probabilities`."""
 
     def predict(state, images):
         return jax.nn.softmax(nnx.merge(graphdef, state)(preprocess(images)), axis=-1)
 
-    return jax.jit(predict)
+    return jax.jit(predict, compiler_options=compiler_options)

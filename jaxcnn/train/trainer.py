@@ -19,7 +19,7 @@ from flax import nnx
 from jaxcnn.config import flatten_config
 from jaxcnn.data.device import epoch_permutation, make_preprocess
 from jaxcnn.errors import ConfigError
-from jaxcnn.models import build_model
+from jaxcnn.models import build_model, compiler_options
 from jaxcnn.train import init, sharding, transfer
 from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
@@ -106,14 +106,19 @@ class Trainer:
         self.loop = resolve_loop(loop or config.train.loop)
         graphdef, _ = nnx.split((transfer.train_view(self.models[0], self.wrt), self.optimizers[0]))
         self.constrain = sharding.shard_batch(self.mesh)
+        self.compiler_options = compiler_options(config.model)
+        carry = (self._state(), self._metrics(), jnp.int32(0))
+        self._carry_def = jax.tree.structure(carry)
+        self._metrics_at = len(jax.tree.leaves(carry[0]))  # the metrics' place among the carry's leaves
         step_fn, epoch_fn = make_epoch_fns(graphdef, classification(self.preprocess, self.constrain),
-                                           grouped=self.size > 1, wrt=self.wrt)
+                                           grouped=self.size > 1, wrt=self.wrt, compiler_options=self.compiler_options,
+                                           carry_def=self._carry_def)
         # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
         self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
         t0 = time.perf_counter()
         fn = epoch_fn if self.loop == "scan" else step_fn
-        self._train_fn = fn.lower((self._state(), self._metrics(), jnp.int32(0)), self._epoch_data(1)).compile()
+        self._train_fn = fn.lower(jax.tree.leaves(carry), self._epoch_data(1)).compile()  # takes the carry's leaves
         self.compile_time = time.perf_counter() - t0
 
     @property
@@ -153,20 +158,20 @@ class Trainer:
         members' state is not to be used (its buffers were donated to the step).
         """
         data = self._epoch_data(epoch)
-        carry = (self._state(), self._metrics(), jnp.int32(0))
+        leaves = jax.tree.leaves((self._state(), self._metrics(), jnp.int32(0)))
         if self.loop == "scan":
-            carry = self._train_fn(carry, data)
+            leaves = self._train_fn(leaves, data)
         else:
             for i in range(1, self.steps + 1):
                 if stop is not None and stop():
                     return None
-                carry = self._train_fn(carry, data)
+                leaves = self._train_fn(leaves, data)
                 if progress is not None and (i % every == 0 or i == self.steps):
-                    sums = np.asarray(carry[1]).reshape(self.size, 3)
+                    sums = np.asarray(leaves[self._metrics_at]).reshape(self.size, 3)
                     progress(i, sums)
                     if not np.isfinite(sums[:, 0]).any():
                         break
-        state, metrics, _ = carry
+        state, metrics, _ = self._carry_def.unflatten(leaves)
         metrics = np.asarray(metrics).reshape(self.size, 3)
         states = [state] if self.size == 1 else self._unstack(state)
         for pair, member_state in zip(zip(self.models, self.optimizers), states):
