@@ -107,15 +107,15 @@ class Trainer:
         graphdef, _ = nnx.split((transfer.train_view(self.models[0], self.wrt), self.optimizers[0]))
         self.constrain = sharding.shard_batch(self.mesh)
         self.compiler_options = compiler_options(config.model)
+        # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
+        self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+        self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
         carry = (self._state(), self._metrics(), jnp.int32(0))
         self._carry_def = jax.tree.structure(carry)
         self._metrics_at = len(jax.tree.leaves(carry[0]))  # the metrics' place among the carry's leaves
         step_fn, epoch_fn = make_epoch_fns(graphdef, classification(self.preprocess, self.constrain),
                                            grouped=self.size > 1, wrt=self.wrt, compiler_options=self.compiler_options,
                                            carry_def=self._carry_def)
-        # Between epochs the state lives in the member objects: one call stacks it, one unstacks.
-        self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states))
-        self._unstack = jax.jit(lambda state: [jax.tree.map(lambda x: x[g], state) for g in range(self.size)])
         t0 = time.perf_counter()
         fn = epoch_fn if self.loop == "scan" else step_fn
         self._train_fn = fn.lower(jax.tree.leaves(carry), self._epoch_data(1)).compile()  # takes the carry's leaves
