@@ -19,9 +19,9 @@ from jaxcnn.convert.store import build_from_record, eval_crop, is_converted, rea
 from jaxcnn.data.device import make_preprocess
 from jaxcnn.data.images import EvalCrop, load_image
 from jaxcnn.errors import ConfigError
+from jaxcnn.models import compiler_options
 from jaxcnn.report.plots import short_name
 from jaxcnn.train.checkpoint import Checkpoints
-from jaxcnn.models import compiler_options
 from jaxcnn.train.steps import make_predict_fn
 
 

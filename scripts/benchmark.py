@@ -48,9 +48,9 @@ from jaxcnn.cli import run
 from jaxcnn.config import validate
 from jaxcnn.data import load_dataset
 from jaxcnn.models import build_model, compiler_options
-from jaxcnn.profile import format_beside, format_text, profile_beside, profile_config
-from jaxcnn.train.init import model_input_shape
+from jaxcnn.profile import format_beside, format_text, profile_beside
 from jaxcnn.report.run import machine_name
+from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.loop import run_title
 from jaxcnn.errors import ConfigError
 
@@ -107,22 +107,21 @@ def layers(f) -> None:
     num_classes = load_dataset(f.config.data).num_classes
     title = (f"{run_title(f.config)}\nmachine: {machine_name()}; jax {jax.__version__}; "
              f"{jax.default_backend()} ({jax.devices()[0].device_kind})\n")
-    if not f.torch or importlib.util.find_spec("torch") is None:
-        profile = profile_config(f.config, num_classes)
-        print(format_text(profile, title))
-        print(f"PyTorch beside it skipped: {'not requested' if not f.torch else torch_reference.TORCH_MISSING}")
-        data = profile.to_json()
+    skipped = "not requested" if not f.torch else (
+        torch_reference.TORCH_MISSING if importlib.util.find_spec("torch") is None else None)
+    programs, finish = ((), None) if skipped else torch_reference.torch_layer_programs(f.config, num_classes)
+    shape = model_input_shape(f.config)
+    profile, medians = profile_beside(build_model(f.config.model, num_classes, shape, f.config.seed), shape,
+                                      num_classes, f.config.train.batch_size, programs, compiler_options(f.config.model))
+    print(format_text(profile, title))
+    data = profile.to_json()
+    if skipped:
+        print(f"PyTorch beside it skipped: {skipped}")
     else:
-        programs, finish = torch_reference.torch_layer_programs(f.config, num_classes)
-        shape = model_input_shape(f.config)
-        profile, medians = profile_beside(build_model(f.config.model, num_classes, shape, f.config.seed), shape,
-                                          num_classes, f.config.train.batch_size, programs,
-                                          compiler_options(f.config.model))
         theirs = finish(medians)
-        print(format_text(profile, title))
         print(f"\nBeside PyTorch ({torch_reference.describe()}), each layer of its twin timed alone the same way, in "
               f"the same rounds:\n{format_beside(profile, theirs, 'PyTorch')}")
-        data = {**profile.to_json(), "torch": theirs.to_json()}
+        data["torch"] = theirs.to_json()
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(data, indent=2) + "\n")
 

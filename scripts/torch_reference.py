@@ -355,6 +355,7 @@ def torch_layer_programs(config: ml_collections.ConfigDict, num_classes: int):
     labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
     inputs: dict[str, torch.Size] = {}  # in call order
     modules = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
     def record(name: str):
         def hook(module, args) -> None:  # a pre-hook that returns something replaces the input
             inputs.setdefault(name, args[0].shape)
