@@ -217,6 +217,7 @@ def default_config() -> ml_collections.ConfigDict:
         batch_size=100,
         eval_batch_size=1000,
         loop="auto",  # python | scan | auto (measured choice per backend)
+        steps_per_call=0,  # python loop: steps per call of the compiled program; 0 = auto (jaxcnn.train.steps)
         log_every=20,  # steps between progress-bar updates
     ))
     config.checkpoint = ml_collections.ConfigDict(dict(keep=3))
@@ -285,6 +286,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         _check_positive(config.train[key], f"train.{key}")
     _check_choice(config.train.loop, "train.loop", ("auto", "python", "scan"))
+    _check_positive(config.train.steps_per_call, "train.steps_per_call", allow_zero=True)
     _check_positive(config.checkpoint.keep, "checkpoint.keep")
     # The model checks its own keys: built abstractly (shapes only, no arrays) for these inputs.
     nnx.eval_shape(lambda: build_model(config.model, 2, (*config.data.image_size, config.data.channels), 0))

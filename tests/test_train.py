@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxcnn.data import load_dataset
 from jaxcnn.errors import ConfigError, WorkdirError
 from jaxcnn.report.metrics import confusion_matrix, per_class_report
 from jaxcnn.report.run import confused_pairs, read_confusion_matrix
 from jaxcnn.train import loop, trainer
 from jaxcnn.train.checkpoint import Checkpoints
+from jaxcnn.train.steps import resolve_steps_per_call
 from tests.helpers import lenet, read_csv
 
 
@@ -246,3 +248,32 @@ def test_python_loop_and_scanned_epoch_agree(tmp_path):
 def test_batch_larger_than_the_data_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="train.batch_size=500 is larger than the 300 training images"):
         loop.train_and_evaluate(lenet.get_config("3,data.max_train=300,batch_size=500"), tmp_path, progress=False)
+
+
+def test_several_steps_per_call_train_like_one(tmp_path):
+    """`train.steps_per_call=k`: the Python loop's compiled program takes k steps a call (unrolled); the run's
+    numbers equal one step a call, progress still comes every `every` steps and at the end of the epoch."""
+    results = {}
+    for k in (1, 2, 4):
+        config = lenet.get_config(f"3,data.max_train=400,data.max_test=100,batch_size=20,epochs=2,"
+                                  f"train.steps_per_call={k}")
+        data = load_dataset(config.data)
+        run = trainer.Trainer(config, data.train_images, data.train_labels, data.num_classes, "python")
+        assert run.steps_per_call == k and run.steps == 20
+        calls = []
+        sums = [run.train_epoch(e, progress=lambda i, s: calls.append(i), every=6) for e in (1, 2)]
+        params = jax.tree.leaves(run.models[0])
+        results[k] = sums, params, calls
+    for k in (2, 4):
+        np.testing.assert_allclose(np.concatenate(results[k][0]), np.concatenate(results[1][0]), rtol=1e-5)
+        for a, b in zip(results[k][1], results[1][1]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert results[1][2] == [6, 12, 18, 20] * 2 and results[4][2] == [8, 12, 20] * 2
+    # auto: on the CPU, more steps a call for long runs only (compiling them costs 0.4-1.1 s), divisors only
+    assert [resolve_steps_per_call(0, "python", 40, n) for n in (800, 3_000, 5_000)] == [1, 2, 4]
+    assert resolve_steps_per_call(0, "python", 42, 9_000) == 2 and resolve_steps_per_call(0, "scan", 40, 9_000) == 1
+    with pytest.raises(ConfigError, match=r"^config train.steps_per_call=3 does not divide an epoch's 40 steps; "
+                                          r"use 0 \(auto\) or a divisor such as 1, 2, 4, 5, 8$"):
+        loop.train_and_evaluate(lenet.get_config("3,epochs=1,train.steps_per_call=3"), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"train.steps_per_call=-1 must be a number >= 0"):
+        loop.train_and_evaluate(lenet.get_config("3,epochs=1,train.steps_per_call=-1"), tmp_path, progress=False)

@@ -23,7 +23,7 @@ from jaxcnn.models import build_model, compiler_options
 from jaxcnn.train import init, sharding, transfer
 from jaxcnn.train.init import model_input_shape
 from jaxcnn.train.optim import HYPERPARAMS, make_optimizer
-from jaxcnn.train.steps import classification, init_metrics, make_epoch_fns, resolve_loop
+from jaxcnn.train.steps import classification, init_metrics, make_epoch_fns, resolve_loop, resolve_steps_per_call
 
 # progress(step within the epoch, [loss_sum, correct, count] per member so far, shape (members, 3))
 Progress = Callable[[int, np.ndarray], None]
@@ -113,9 +113,11 @@ class Trainer:
         carry = (self._state(), self._metrics(), jnp.int32(0))
         self._carry_def = jax.tree.structure(carry)
         self._metrics_at = len(jax.tree.leaves(carry[0]))  # the metrics' place among the carry's leaves
+        self.steps_per_call = resolve_steps_per_call(config.train.steps_per_call, self.loop, self.steps,
+                                                     self.steps * config.train.epochs)
         step_fn, epoch_fn = make_epoch_fns(graphdef, classification(self.preprocess, self.constrain),
                                            grouped=self.size > 1, wrt=self.wrt, compiler_options=self.compiler_options,
-                                           carry_def=self._carry_def)
+                                           carry_def=self._carry_def, steps_per_call=self.steps_per_call)
         t0 = time.perf_counter()
         fn = epoch_fn if self.loop == "scan" else step_fn
         self._train_fn = fn.lower(jax.tree.leaves(carry), self._epoch_data(1)).compile()  # takes the carry's leaves
@@ -152,21 +154,23 @@ class Trainer:
                     stop: Callable[[], bool] | None = None) -> np.ndarray | None:
         """Trains one epoch in place; returns [loss_sum, correct, count] per member, (members, 3), on the host.
 
-        With the Python loop, `progress` is called every `every` steps and at the end with the
-        members' sums so far; the epoch stops early once every member's loss is not finite. When
-        `stop()` turns true between two steps (Ctrl-C), the epoch is abandoned: None, and the
-        members' state is not to be used (its buffers were donated to the step).
+        With the Python loop, `progress` is called every `every` steps (at the first call of the compiled
+        step past each multiple, `steps_per_call` steps a call) and at the end with the members' sums so far;
+        the epoch stops early once every member's loss is not finite. When `stop()` turns true between two
+        calls (Ctrl-C), the epoch is abandoned: None, and the members' state is not to be used (its buffers
+        were donated to the step).
         """
         data = self._epoch_data(epoch)
         leaves = jax.tree.leaves((self._state(), self._metrics(), jnp.int32(0)))
         if self.loop == "scan":
             leaves = self._train_fn(leaves, data)
         else:
-            for i in range(1, self.steps + 1):
+            k = self.steps_per_call
+            for i in range(k, self.steps + 1, k):
                 if stop is not None and stop():
                     return None
                 leaves = self._train_fn(leaves, data)
-                if progress is not None and (i % every == 0 or i == self.steps):
+                if progress is not None and (i // every > (i - k) // every or i == self.steps):
                     sums = np.asarray(leaves[self._metrics_at]).reshape(self.size, 3)
                     progress(i, sums)
                     if not np.isfinite(sums[:, 0]).any():
