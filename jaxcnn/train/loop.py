@@ -35,7 +35,8 @@ from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
 # Keys that may change between a run and its resumption (more epochs continue a finished run).
-RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "mesh")  # and every report.* key (outputs only)
+# and every report.* key (outputs only)
+RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "train.steps_per_call", "mesh")
 _MISSING = object()
 
 
@@ -413,7 +414,7 @@ def _train(runs: list[_Run], trainer: Trainer, dataset: Dataset, progress: bool,
         summary = summarize(run.history, count_params(trainer.models[g]), run.compile_time)
         summary.update(variant=run.config.variant, seed=run.config.seed, dataset=dataset.name,
                        backend=jax.default_backend(), device=jax.devices()[0].device_kind, machine=machine_name(),
-                       loop=trainer.loop, group_size=size, **run.init_info)
+                       loop=trainer.loop, steps_per_call=trainer.steps_per_call, group_size=size, **run.init_info)
         title = run_title(run.config)
         if run.primary:
             if run.config.report.layer_profile:
