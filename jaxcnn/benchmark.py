@@ -36,7 +36,7 @@ from jaxcnn.errors import ConfigError, UserError
 from jaxcnn.report.markdown import duration
 from jaxcnn.report.run import machine_name
 from jaxcnn.study.stats import PROJECTED_EPOCHS  # as the study report's projection
-from jaxcnn.train.steps import resolve_loop
+from jaxcnn.train.steps import resolve_loop, resolve_steps_per_call
 from jaxcnn.train.trainer import Trainer
 
 LOOPS = ("python", "scan")
@@ -252,6 +252,11 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
              f"batch {config.train.batch_size}) on {dataset.name}: "
              f"{len(labels) // config.train.batch_size * config.train.batch_size:,} images/epoch, "
              f"median of {epochs} epochs after {warmup} warm-up, methods interleaved")
+    if "python" in loops:  # as the Trainer resolves it for a run of this config's epochs
+        steps = len(labels) // config.train.batch_size
+        k = resolve_steps_per_call(config.train.steps_per_call, "python", steps, steps * config.train.epochs)
+        setup += (f"; the Python loop takes {k} step{'s' if k > 1 else ''} a call (train.steps_per_call="
+                  f"{config.train.steps_per_call or 'auto'}, a run of {config.train.epochs} epochs × {steps} steps)")
     return Report(setup, f"{machine_name()}; {versions}", jax.default_backend(), jax.devices()[0].device_kind,
                   tuple(results), reference_skipped)
 
