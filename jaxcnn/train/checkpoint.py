@@ -188,6 +188,10 @@ class Checkpoints:
         """Raises ENOSPC before a save that cannot fit (its uncompressed size, +10% and 256 KiB), rather
         than letting Orbax fail in its writer threads with pages of tracebacks."""
         needed = 1.1 * sum(x.nbytes for x in jax.tree.leaves(states)) + 2**18
+        # the previous save may still be writing (asynchronously; Orbax's save() waits for it only after this
+        # check): free space counts once it has landed. Measured before it had, the check passed and the save
+        # failed in Orbax's threads, with tracebacks (the full-disk test, once, on a loaded machine).
+        self.manager.wait_until_finished()
         free = shutil.disk_usage(self.directory).free
         if free < needed:
             raise OSError(errno.ENOSPC, f"No space left on device (a checkpoint needs about {needed / 2**20:.1f} "

@@ -243,11 +243,15 @@ class _Run:
             f"(now {self.config.optim.learning_rate}) or change the optimizer.")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.checkpoints is not None:
-            self.checkpoints.close()
-        self.lock.release()
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        finally:
+            try:
+                if self.checkpoints is not None:
+                    self.checkpoints.close()
+            finally:
+                self.lock.release()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
