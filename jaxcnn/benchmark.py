@@ -36,7 +36,7 @@ from jaxcnn.errors import ConfigError, UserError
 from jaxcnn.report.markdown import duration
 from jaxcnn.report.run import machine_name
 from jaxcnn.study.stats import PROJECTED_EPOCHS  # as the study report's projection
-from jaxcnn.train.steps import resolve_loop, resolve_steps_per_call
+from jaxcnn.train.steps import resolve_loop
 from jaxcnn.train.trainer import Trainer
 
 LOOPS = ("python", "scan")
@@ -171,6 +171,7 @@ class Contender:
     images_per_epoch: int
     compile_time_s: float | None
     epoch: Callable[[int], float]
+    steps_per_call: int = 1  # steps per call of the compiled program (jaxcnn's Python loop: the Trainer's)
 
 
 def jax_contender(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, loop: str,
@@ -185,7 +186,7 @@ def jax_contender(config: ml_collections.ConfigDict, images: np.ndarray, labels:
         loss_sum, _, count = trainer.train_epoch(i)[0]
         return float(loss_sum / count)
 
-    return Contender(loop, trainer.steps * trainer.batch_size, trainer.compile_time, epoch)
+    return Contender(loop, trainer.steps * trainer.batch_size, trainer.compile_time, epoch, trainer.steps_per_call)
 
 
 def measure(contenders: Sequence[Contender], epochs: int, warmup: int = 1) -> list[Result]:
@@ -252,11 +253,12 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
              f"batch {config.train.batch_size}) on {dataset.name}: "
              f"{len(labels) // config.train.batch_size * config.train.batch_size:,} images/epoch, "
              f"median of {epochs} epochs after {warmup} warm-up, methods interleaved")
-    if "python" in loops:  # as the Trainer resolves it for a run of this config's epochs
-        steps = len(labels) // config.train.batch_size
-        k = resolve_steps_per_call(config.train.steps_per_call, "python", steps, steps * config.train.epochs)
-        setup += (f"; the Python loop takes {k} step{'s' if k > 1 else ''} a call (train.steps_per_call="
-                  f"{config.train.steps_per_call or 'auto'}, a run of {config.train.epochs} epochs × {steps} steps)")
+    for c in contenders:
+        if c.method == "python":  # as the Trainer resolved it for a run of this config's epochs
+            steps, k = len(labels) // config.train.batch_size, c.steps_per_call
+            setup += (f"; the Python loop takes {k} step{'s' if k > 1 else ''} a call (train.steps_per_call="
+                      f"{config.train.steps_per_call or 'auto'}, a run of {config.train.epochs} epochs × {steps} "
+                      "steps)")
     return Report(setup, f"{machine_name()}; {versions}", jax.default_backend(), jax.devices()[0].device_kind,
                   tuple(results), reference_skipped)
 

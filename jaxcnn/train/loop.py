@@ -34,8 +34,8 @@ from jaxcnn.train.checkpoint import Checkpoints
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
 
-# Keys that may change between a run and its resumption (more epochs continue a finished run).
-# and every report.* key (outputs only)
+# Keys that may change between a run and its resumption (more epochs continue a finished run), besides every
+# report.* key (outputs only).
 RESUMABLE_CHANGES = ("train.epochs", "train.log_every", "train.loop", "train.steps_per_call", "mesh")
 _MISSING = object()
 
