@@ -121,6 +121,7 @@ class Report:
     device_kind: str
     results: tuple[Result, ...]
     torch_skipped: str | None  # why the PyTorch reference did not run; None if it ran
+    auto_loop: str = ""  # what train.loop=auto picks for this config here ("" if not known)
 
     @property
     def torch(self) -> Result | None:
@@ -139,7 +140,7 @@ class Report:
                     "vs_torch": r.images_per_s / torch_ips if torch_ips else None} for r in self.results]
         return {"setup": self.setup, "machine": self.machine, "backend": self.backend,
                 "device_kind": self.device_kind, "results": results, "faster_loop": self.faster_loop,
-                "auto_loop": resolve_loop("auto"), "torch_skipped": self.torch_skipped}
+                "auto_loop": self.auto_loop, "torch_skipped": self.torch_skipped}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -148,7 +149,7 @@ class Report:
         results = tuple(Result(**{k: tuple(r[k]) if isinstance(r[k], list) else r[k] for k in fields if k in r})
                         for r in data["results"])
         return cls(data["setup"], data["machine"], data["backend"], data["device_kind"], results,
-                   data["torch_skipped"])
+                   data["torch_skipped"], data.get("auto_loop", ""))
 
 
 def training_set(config: ml_collections.ConfigDict, repeat: int = 1) -> Dataset:
@@ -260,7 +261,7 @@ def run_benchmark(config: ml_collections.ConfigDict, epochs: int = 3, repeat: in
                       f"{config.train.steps_per_call or 'auto'}, a run of {config.train.epochs} epochs × {steps} "
                       "steps)")
     return Report(setup, f"{machine_name()}; {versions}", jax.default_backend(), jax.devices()[0].device_kind,
-                  tuple(results), reference_skipped)
+                  tuple(results), reference_skipped, resolve_loop("auto", config.model))
 
 
 def _spread(r: Result) -> str:
@@ -303,7 +304,7 @@ def format_table(report: Report) -> str:
         slower = min(speed, key=speed.get)
         lines += ["", f"faster epoch strategy on {report.backend}: {report.faster_loop}, "
                       f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower} "
-                      f"(train.loop=auto picks {resolve_loop('auto')})"]
+                      + (f" (train.loop=auto picks {report.auto_loop})" if report.auto_loop else "")]
     return "\n".join(lines)
 
 

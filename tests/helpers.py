@@ -31,9 +31,11 @@ def config_module(name: str) -> ModuleType:
 lenet = config_module("lenet")
 
 
-def cli(script: str, *args: str, fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs scripts/SCRIPT as a user would, optionally with a fault point (`jaxcnn.faults`)."""
-    env = dict(ENV, JAXCNN_FAULT=fault) if fault else ENV
+def cli(script: str, *args: str, fault: str | None = None, timeout: int = 300,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs scripts/SCRIPT as a user would, optionally with a fault point (`jaxcnn.faults`) and further
+    environment variables `env`."""
+    env = dict(ENV, **(env or {}), **({"JAXCNN_FAULT": fault} if fault else {}))
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

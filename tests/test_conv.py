@@ -1,7 +1,6 @@
 """The CPU small-convolution path (jaxcnn.models.conv) against `lax.conv_general_dilated`: outputs and both
 gradients over shapes, paddings, channels and batches; what it does not cover goes to XLA; runs agree."""
 
-import contextlib
 import itertools
 import json
 import re
@@ -14,7 +13,7 @@ from flax import nnx
 from jax import lax
 
 from jaxcnn.models import build_model, compiler_options
-from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, in_loop, small_conv, use_small
+from jaxcnn.models.conv import EIGEN_CHANNELS, conv_function, small_conv, use_small
 from jaxcnn.train import loop
 from jaxcnn.train.steps import make_eval_fn
 from jaxcnn.train.trainer import Trainer
@@ -30,6 +29,11 @@ def both(conv, x, w, padding, cotangent):
     return (y, *vjp(cotangent))
 
 
+def in_scan(fn):
+    """`fn` traced inside `lax.scan` (the scanned epoch's while loop), its results from the first iteration."""
+    return lambda *args: jax.tree.map(lambda r: r[0], lax.scan(lambda c, _: (c, fn(*args)), None, length=2)[1])
+
+
 @pytest.mark.parametrize("looped", [False, True], ids=["step", "scanned epoch"])
 @pytest.mark.parametrize("c_in,c_out,k", [(1, 6, 5), (1, 1, 3), (3, 8, 5), (6, 16, 5), (16, 16, 3), (4, 2, 1)])
 def test_output_and_both_gradients_equal_xla(c_in, c_out, k, looped):
@@ -41,8 +45,8 @@ def test_output_and_both_gradients_equal_xla(c_in, c_out, k, looped):
                                                                      dimension_numbers=NHWC), x, w).shape
         cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
         expected = both(lax.conv_general_dilated, x, w, padding, cotangent)
-        with in_loop() if looped else contextlib.nullcontext():  # inside lax.scan: the im2col variant
-            got = jax.jit(lambda a, b, ct: both(small_conv, a, b, padding, ct))(x, w, cotangent)
+        fn = lambda a, b, ct: both(small_conv, a, b, padding, ct)
+        got = jax.jit(in_scan(fn) if looped else fn)(x, w, cotangent)
         for name, g, e in zip(("output", "input gradient", "weight gradient"), got, expected):
             assert g.shape == e.shape and g.dtype == e.dtype
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()), err_msg=f"{name} {padding}")
@@ -52,15 +56,44 @@ def test_what_it_does_not_cover_goes_to_xla_unchanged():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 11, 11, 3)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
-    for kwargs in (dict(window_strides=(2, 2)), dict(window_strides=(1, 1), rhs_dilation=(2, 2)),
-                   dict(window_strides=(1, 1), lhs_dilation=(2, 1))):
-        args = dict(padding=((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
-        expected = lax.conv_general_dilated(x, w, **args)
-        np.testing.assert_array_equal(small_conv(x, w, **args), expected)
-        assert "custom_vjp" not in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, **args))(x, w))
-    # covered: the custom VJP is in the program
-    assert "custom_vjp" in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, (1, 1), "SAME",
-                                                                       dimension_numbers=NHWC))(x, w))
+    for kernel, kwargs in ((w, dict(rhs_dilation=(2, 2))), (w, dict(lhs_dilation=(2, 1))),
+                           (w[:, :, :1, :3], dict(feature_group_count=3))):
+        args = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
+        expected = lax.conv_general_dilated(x, kernel, **args)
+        np.testing.assert_array_equal(small_conv(x, kernel, **args), expected)
+        assert "custom_vjp" not in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, **args))(x, kernel))
+    # covered, strided ones too: the custom VJP is in the program
+    for strides in ((1, 1), (2, 3)):
+        assert "custom_vjp" in str(jax.make_jaxpr(lambda a, b: small_conv(a, b, strides, "SAME",
+                                                                           dimension_numbers=NHWC))(x, w))
+
+
+@pytest.mark.parametrize("c_in,c_out,k,strides", [(3, 32, 5, (4, 4)), (32, 64, 3, (1, 1)), (6, 16, 5, (2, 3)),
+                                                  (1, 24, 3, (2, 2))])
+def test_strided_and_wide_convolutions_gradients_equal_xla(c_in, c_out, k, strides):
+    """Convolutions above `EIGEN_CHANNELS` channels and strided ones keep XLA's forward pass and take the
+    gradients written in Eigen's form (`model.conv=auto` on the CPU: the pooling CNN's), in a step and inside
+    `lax.scan`; with strides, input rows no output reads (e.g. 32 + 4 - 5 = 31 rows at stride 4) get zero."""
+    rng = np.random.default_rng(c_in + c_out + k)
+    conv = conv_function("small")
+    for padding, (n, h, w_) in itertools.product(("VALID", "SAME", ((2, 1), (0, 2))), ((2, 13, 11), (3, 32, 32))):
+        x = jnp.asarray(rng.standard_normal((n, h, w_, c_in)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
+
+        def both(conv, x, w, ct):
+            y, vjp = jax.vjp(lambda a, b: conv(a, b, strides, padding, dimension_numbers=NHWC), x, w)
+            return (y, *vjp(ct))
+
+        shape = jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, strides, padding,
+                                                                     dimension_numbers=NHWC), x, w).shape
+        cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        expected = both(lax.conv_general_dilated, x, w, cotangent)
+        for fn in (lambda *a: both(conv, *a), in_scan(lambda *a: both(conv, *a))):
+            got = jax.jit(fn)(x, w, cotangent)
+            for name, g, e in zip(("output", "input gradient", "weight gradient"), got, expected):
+                assert g.shape == e.shape and g.dtype == e.dtype
+                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(jnp.abs(e).max()),
+                                           err_msg=f"{name} {padding} {(n, h, w_)}")
 
 
 def test_vmapped_members_as_a_grouped_study_trains_them():
@@ -77,7 +110,7 @@ def test_vmapped_members_as_a_grouped_study_trains_them():
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5 * float(jnp.abs(e).max()))
 
 
-def test_auto_takes_the_small_path_on_the_cpu_for_lenet_only():
+def test_auto_takes_the_cpu_path_on_the_cpu():
     assert jax.default_backend() == "cpu"
     assert use_small("auto") and use_small("small") and not use_small("xla")
     with pytest.raises(ValueError, match="model.conv='fast' is not valid; valid values: auto, small, xla"):
@@ -86,15 +119,17 @@ def test_auto_takes_the_small_path_on_the_cpu_for_lenet_only():
     lenet, pooling = config_module("lenet").get_config("3"), config_module("pooling").get_config("avg")
 
     def custom_calls(config, shape):
+        """(convolutions with the custom VJP, conditionals: the one-input-channel forward computed apart)"""
         model = build_model(config.model, 10, shape, 0)
-        return str(jax.make_jaxpr(lambda x: model(x))(jnp.zeros((2, *shape)))).count("custom_vjp_call")
+        jaxpr = str(jax.make_jaxpr(lambda x: model(x))(jnp.zeros((2, *shape))))
+        return jaxpr.count("custom_vjp_call"), jaxpr.count(" cond[")
 
-    assert custom_calls(lenet, (28, 28, 1)) == 2  # conv1 and conv2: at most 16 channels, left to Eigen by XLA
-    assert custom_calls(pooling, (32, 32, 3)) == 0  # 3->32 and 32->64 go to YNNPACK: XLA's own is faster
+    assert custom_calls(lenet, (28, 28, 1)) == (2, 1)  # conv1 (one input channel: shifted adds) and conv2
+    assert custom_calls(pooling, (32, 32, 3)) == (2, 0)  # 3->32, 32->64: XLA's forward, Eigen-form gradients
     lenet.model.conv = "xla"
-    assert custom_calls(lenet, (28, 28, 1)) == 0
+    assert custom_calls(lenet, (28, 28, 1)) == (0, 0)
     pooling.model.conv = "small"
-    assert custom_calls(pooling, (32, 32, 3)) == 2
+    assert custom_calls(pooling, (32, 32, 3)) == (2, 0)
     assert max(16, 6, 1) <= EIGEN_CHANNELS < 32
     assert conv_function("xla") is lax.conv_general_dilated
 

@@ -34,8 +34,7 @@ def one_at_a_time(tmp_path_factory):
     """The study trained one run after another in one process (--jobs 1) with the thread count each
     process of --jobs 2 has here (1), so that every number must come out the same."""
     workdir = tmp_path_factory.mktemp("one_at_a_time")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), *study_args(workdir, "1")[1:]],
-                          cwd=ROOT, env=dict(ENV, PJRT_NPROC="1"), capture_output=True, text=True, timeout=300)
+    proc = cli(*study_args(workdir, "1"), env={"PJRT_NPROC": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training 1 runs at a time" not in proc.stdout and "[3/3] maxpool/seed_0 (2/3 runs in " in proc.stdout
     return workdir
@@ -83,7 +82,9 @@ def test_a_failed_run_is_one_line_the_others_go_on_and_equal_one_at_a_time(one_a
     assert statuses == {"3": "done", "2": "failed", "maxpool": "done"}
     done = {v: (tmp_path / v / "seed_0" / "metrics.jsonl").read_text() for v in ("3", "maxpool")}
 
-    again = cli(*study_args(tmp_path))
+    # the run left trains in the study's own process at one thread, as the reference (`--jobs 2` gives a
+    # single run left a worker with both cores, and two threads round differently: 4e-6 relative in run 2)
+    again = cli(*study_args(tmp_path, "1"), env={"PJRT_NPROC": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 runs: 2 finished, 1 to train" in again.stdout
     assert {v: (tmp_path / v / "seed_0" / "metrics.jsonl").read_text() for v in done} == done  # not retrained
@@ -163,10 +164,9 @@ def test_a_signal_stops_every_run_and_the_rerun_trains_only_what_is_left(one_at_
         done += [line for line in proc.stdout.splitlines() if " done in " in line]
 
     done = len(done)
-    # one run left trains in the study's own process: at one thread, as the reference (two threads round
-    # differently: 3e-6 relative in maxpool's epoch 4 once)
-    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), *study_args(tmp_path)[1:]],
-                           cwd=ROOT, env=dict(ENV, PJRT_NPROC="1"), capture_output=True, text=True, timeout=300)
+    # the runs left train in the study's own process at one thread, as the reference (`--jobs 2` would give a
+    # single run left a worker with both cores, and two threads round differently: 3e-6 relative once)
+    again = cli(*study_args(tmp_path, "1"), env={"PJRT_NPROC": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"3 runs: {1 + done} finished, {2 - done} to train" in again.stdout
     assert (tmp_path / "3" / "seed_0" / "metrics.jsonl").read_text() == finished

@@ -10,25 +10,26 @@ batch 100, 2-core EPYC, each program jitted alone, `scripts/benchmark.py --layer
   XLA; as one matmul of the output gradient with the kernel reshaped to (k·k·Cin, Cout)ᵀ followed by col2im
   (k×k shifted adds of the columns into the padded input) 2.3 ms.
 
-The weight gradient and the forward pass with several input channels stay XLA's own (faster than every rewrite
-tried: im2col matmul 2×, per-tap matmuls 1.3× slower) — except inside the scanned epoch (`train.loop=scan`,
-traced under `in_loop()`): in a while loop XLA CPU runs those convolutions in slow layouts, and im2col matmuls
-(a stack of the k×k shifted windows times the reshaped kernel) made the scanned LeNet epoch 3.3× faster
-(1.93 -> 0.58 s; the Python loop of steps: 0.43 s; same process, interleaved, loaded machine). `small_conv` has `lax.conv_general_dilated`'s signature,
-so it plugs into `nnx.Conv(conv_general_dilated=...)`; what it does not cover (strides, dilation, groups, other
-layouts, a requested precision) it passes to XLA unchanged. `model.conv`: `auto` (on the CPU backend this path
-for the convolutions XLA leaves to Eigen, those with at most `EIGEN_CHANNELS` channels in and out: all of
-LeNet-5's; XLA's everywhere else and on GPU/TPU), `small` (this path for every covered convolution), `xla`.
-The pooling CNN's convolutions (3→32, 32→64) go to YNNPACK, and forcing this path there measured 0.8-0.9× XLA.
-Both rewrites are computed apart from their consumers (`_in_memory`): fused into a tanh or into the pooling
+The forward pass with several input channels stays XLA's own (faster than every rewrite tried: im2col matmul 2×,
+per-tap matmuls 1.3× slower), and so does the weight gradient's kernel: it is written as the Eigen convolution XLA
+itself makes of it outside a loop (`_eigen_weight_grad`), because inside `lax.scan`'s while loop (the scanned
+epoch, `train.loop=scan`) XLA CPU leaves its own gradients in forms Eigen does not take and runs them as generic
+loop nests (the scanned LeNet-5 epoch 16.4 s instead of 2.4 s). Convolutions this path does not rewrite (more than
+`EIGEN_CHANNELS` channels, e.g. the pooling CNN's 3→32 and 32→64, where YNNPACK is faster, or strided) keep XLA's
+forward pass and take both gradients in that form (the pooling CNN's scanned epoch: 60.5 s → 1.9 s; its step loop
+unchanged, 0.98-1.0×). `small_conv` has `lax.conv_general_dilated`'s signature, so it plugs into
+`nnx.Conv(conv_general_dilated=...)`; what it does not cover (dilation, groups, other layouts, a requested
+precision) it passes to XLA unchanged. `model.conv`: `auto` (on the CPU backend: this path for the stride-1
+convolutions XLA leaves to Eigen, those with at most `EIGEN_CHANNELS` channels in and out: all of LeNet-5's; the
+Eigen-form gradients for the other covered ones; XLA's own everywhere on GPU/TPU), `small` (this path for every
+covered stride-1 convolution), `xla` (XLA's own, gradients included: then `train.loop=auto` takes the Python loop
+on the CPU). Both rewrites are computed apart from their consumers (`_in_memory`): fused into a tanh or into the pooling
 backward they cost the tanh LeNet-5 twice the ReLU one's time per step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import jax
@@ -36,17 +37,6 @@ import jax.numpy as jnp
 from jax import lax
 
 CONVS = ("auto", "small", "xla")
-_IN_LOOP = contextvars.ContextVar("jaxcnn_conv_in_loop", default=False)
-
-
-@contextlib.contextmanager
-def in_loop() -> Iterator[None]:
-    """Convolutions traced within (the scanned epoch's `lax.scan`) take the loop's im2col path."""
-    token = _IN_LOOP.set(True)
-    try:
-        yield
-    finally:
-        _IN_LOOP.reset(token)
 EIGEN_CHANNELS = 16  # XLA CPU hands a convolution to YNNPACK only when max(Cin, Cout) > 16
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -130,49 +120,46 @@ def _input_grad(dy: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[
     return dxp[:, top:hp - bottom, left:wp - right, :]
 
 
-def _windows(x: jax.Array, kh: int, kw: int, pads) -> jax.Array:
-    """im2col: the k×k shifted windows of the padded input, (N·Ho·Wo, kh·kw·Cin) in HWI order."""
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    cols = jnp.stack([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=3)
-    return cols.reshape(-1, kh * kw * x.shape[-1])
+# The two gradients in the form XLA's CPU backend hands to Eigen (NHWC input, HWIO kernel, no reversal): see above.
+def _eigen_input_grad(dy: jax.Array, w: jax.Array, x_shape, strides: tuple[int, int], pads) -> jax.Array:
+    """The input gradient: the output gradient, dilated by the strides, convolved with the flipped kernel with its
+    in/out axes swapped."""
+    kh, kw = w.shape[:2]
+    # input rows that no output reads (stride > 1) are padded back on at the end
+    unread = [(n + lo + hi - k) % s for n, (lo, hi), k, s in zip(x_shape[1:3], pads, (kh, kw), strides)]
+    return lax.conv_general_dilated(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), (1, 1),
+                                    [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip((kh, kw), pads, unread)],
+                                    lhs_dilation=strides, dimension_numbers=_NHWC)
 
 
-def _xla(x, w, pads):
-    return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
+def _eigen_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides: tuple[int, int], pads) -> jax.Array:
+    """The kernel gradient: the input with batch and channels swapped, (Cin, H, W, N), convolved with the output
+    gradient as the kernel, (Ho, Wo, N, Cout), dilated by the strides: (Cin, kh, kw, Cout), transposed to HWIO."""
+    kh, kw = kernel_shape[:2]
+    dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), pads,
+                                  rhs_dilation=strides, dimension_numbers=_NHWC)
+    return dw[:, :kh, :kw].transpose(1, 2, 0, 3)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]], looped: bool) -> jax.Array:
-    kh, kw, cin, cout = w.shape
-    if cin == 1:
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
+          small: bool) -> jax.Array:
+    if small and w.shape[2] == 1:
         return _in_memory(_shifted, x, w, pads)
-    if not looped:
-        return _xla(x, w, pads)
-    ho, wo = x.shape[1] + sum(pads[0]) - kh + 1, x.shape[2] + sum(pads[1]) - kw + 1
-    return (_windows(x, kh, kw, pads) @ w.reshape(-1, cout)).reshape(x.shape[0], ho, wo, cout)
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
-def _conv_fwd(x, w, pads, looped):
-    return _conv(x, w, pads, looped), (x, w)
+def _conv_fwd(x, w, strides, pads, small):
+    return _conv(x, w, strides, pads, small), (x, w)
 
 
-def _conv_bwd(pads, looped, residuals, dy):
+def _conv_bwd(strides, pads, small, residuals, dy):
     x, w = residuals
-    kh, kw, cin, cout = w.shape
-    if looped and cin == 1:
-        # One input channel: the windows stacked tap-major, (kh·kw, N·Ho·Wo), each a contiguous copy; the
-        # pixel-major stack of `_windows` writes 25-float rows and made the scanned LeNet epoch 1.1-1.3× slower.
-        xp = jnp.pad(x[..., 0], ((0, 0), *pads))
-        ho, wo = dy.shape[1:3]
-        taps = jnp.stack([xp[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)]).reshape(kh * kw, -1)
-        dw = (taps @ dy.reshape(-1, cout)).reshape(w.shape).astype(w.dtype)
-    elif looped:
-        dw = (_windows(x, kh, kw, pads).T @ dy.reshape(-1, cout)).reshape(w.shape).astype(w.dtype)
+    if small:
+        dx = _in_memory(_input_grad, dy, w, pads).transpose(3, 1, 2, 0)
     else:
-        _, weight_vjp = jax.vjp(lambda kernel: _xla(x, kernel, pads), w)
-        dw = weight_vjp(dy)[0]
-    return _in_memory(_input_grad, dy, w, pads).transpose(3, 1, 2, 0).astype(x.dtype), dw
+        dx = _eigen_input_grad(dy, w, x.shape, strides, pads)
+    return dx.astype(x.dtype), _eigen_weight_grad(x, dy, w.shape, strides, pads).astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -180,7 +167,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 def _covered(x, w, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
              batch_group_count, precision, preferred_element_type, out_sharding) -> bool:
-    if x.ndim != 4 or tuple(window_strides) != (1, 1) or feature_group_count != 1 or batch_group_count != 1:
+    if x.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
         return False
     if any(d not in (None, 1, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
         return False
@@ -195,17 +182,18 @@ def small_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pa
                rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                precision=None, preferred_element_type=None, out_sharding=None, *,
                max_channels: int | None = None) -> jax.Array:
-    """`lax.conv_general_dilated` with the CPU rewrites above for 2-D, stride-1, undilated, ungrouped NHWC/HWIO
-    convolutions (with at most `max_channels` channels in and out, if given); anything else goes to
-    `lax.conv_general_dilated` as given."""
+    """`lax.conv_general_dilated` with the CPU rewrites above for 2-D, undilated, ungrouped NHWC/HWIO convolutions:
+    stride-1 ones with at most `max_channels` channels in and out (any, if not given) take the small path, the
+    others XLA's forward pass and the Eigen-form gradients; anything else goes to `lax.conv_general_dilated` as
+    given."""
     small = max_channels is None or max(rhs.shape[-2:]) <= max_channels
-    if not small or not _covered(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
-                                 feature_group_count, batch_group_count, precision, preferred_element_type,
-                                 out_sharding):
+    if not _covered(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                    batch_group_count, precision, preferred_element_type, out_sharding):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
                                         preferred_element_type, out_sharding=out_sharding)
     if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv(lhs, rhs, pads, _IN_LOOP.get())
+    strides = tuple(int(s) for s in window_strides)
+    return _conv(lhs, rhs, strides, pads, small and strides == (1, 1))

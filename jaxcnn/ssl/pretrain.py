@@ -214,7 +214,7 @@ def _epochs(method: str, model: nnx.Module, optimizer: nnx.Optimizer, objective,
     # The classifier's step and epoch strategies (`jaxcnn.train.steps`), with this objective, its data
     # placement: the images and the state replicated, each batch split over the mesh.
     step_fn, epoch_fn = make_epoch_fns(graphdef, objective)
-    loop = resolve_loop(config.train.loop)
+    loop = resolve_loop(config.train.loop, config.model)
     replicated = sharding.replicated(mesh)
     state, images, no_labels = sharding.put((state, images, np.zeros(n, np.int32)), replicated)
     steps = n // batch

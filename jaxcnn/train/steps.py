@@ -14,12 +14,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
 from jaxcnn.data.device import Preprocess
 from jaxcnn.errors import ConfigError
-from jaxcnn.models.conv import in_loop
+from jaxcnn.models.conv import use_small
 
 Carry = tuple[Any, jax.Array, jax.Array]  # (state of (model, optimizer), [loss_sum, correct, count], step)
 EpochData = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # images, labels, permutation, epoch key
@@ -27,12 +28,17 @@ EpochData = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # images, labels,
 Objective = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
-def resolve_loop(loop: str) -> str:
-    """`auto` -> `python` on CPU (there the scanned LeNet epoch measured 1.1× slower, 0.201 vs 0.184 s, see
-    README), `scan` on GPU/TPU, where it removes per-step dispatch (measured 2.9-4.1× faster on an H100)."""
+def resolve_loop(loop: str, model: ml_collections.ConfigDict) -> str:
+    """`auto` -> `scan` on GPU/TPU, where it removes per-step dispatch (measured 2.9-4.1× faster on an H100), and
+    on the CPU for models whose convolutions take `jaxcnn.models.conv`'s CPU path (`model.conv`: LeNet-5, the
+    pooling CNN), whose gradients run as fast in the scan's while loop as in a step (measured 6-8 % faster than
+    the Python loop, see README); `python` on the CPU for the others, whose gradients XLA runs as generic loop
+    nests inside a while loop (e.g. the pooling CNN with `model.conv=xla`: 30× slower)."""
     if loop != "auto":
         return loop
-    return "python" if jax.default_backend() == "cpu" else "scan"
+    if jax.default_backend() != "cpu":
+        return "scan"
+    return "scan" if use_small(model.get("conv", "xla")) else "python"
 
 
 # train.steps_per_call=0 (auto): on the CPU, k steps per call once a run has this many steps. Measured
@@ -47,16 +53,16 @@ def resolve_steps_per_call(value: int, loop: str, steps: int, run_steps: int) ->
     """The steps the Python loop's compiled program takes per call (`train.steps_per_call`); 1 for the
     scanned epoch. 0 = auto: on the CPU backend the largest of 4 and 2 whose threshold `run_steps` (the run's
     steps, all epochs) reaches and that divides the epoch's `steps`, else 1. A value given must divide `steps`."""
+    if value and steps % value:
+        divisors = [d for d in range(1, min(steps, 8) + 1) if steps % d == 0]
+        raise ConfigError(f"config train.steps_per_call={value} does not divide an epoch's {steps} steps; use 0 "
+                          f"(auto) or a divisor such as {', '.join(map(str, divisors))}")
     if loop == "scan":
         return 1
     if value == 0:
         if jax.default_backend() != "cpu":
             return 1
         return next((k for least, k in STEPS_PER_CALL_FROM if run_steps >= least and steps % k == 0), 1)
-    if steps % value:
-        divisors = [d for d in range(1, min(steps, 8) + 1) if steps % d == 0]
-        raise ConfigError(f"config train.steps_per_call={value} does not divide an epoch's {steps} steps; use 0 "
-                          f"(auto) or a divisor such as {', '.join(map(str, divisors))}")
     return value
 
 
@@ -120,8 +126,7 @@ def make_epoch_fns(graphdef: nnx.GraphDef, objective: Objective, grouped: bool =
         return carry
 
     def epoch(carry: Carry, data: EpochData) -> Carry:
-        with in_loop():  # the CPU small-conv path's loop variant (jaxcnn.models.conv)
-            carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
+        carry, _ = jax.lax.scan(lambda c, _: (step(c, data), None), carry, length=data[2].shape[-2])
         return carry
 
     def flat(fn: Callable[[Carry, EpochData], Carry]) -> Callable[[list, EpochData], list]:

@@ -103,7 +103,7 @@ class Trainer:
         seeds = [jax.random.key(c.seed) for c in configs]
         self.shuffle_keys = [jax.random.fold_in(k, 1) for k in seeds]
         self.augment_keys = [jax.random.fold_in(k, 2) for k in seeds]
-        self.loop = resolve_loop(loop or config.train.loop)
+        self.loop = resolve_loop(loop or config.train.loop, config.model)
         graphdef, _ = nnx.split((transfer.train_view(self.models[0], self.wrt), self.optimizers[0]))
         self.constrain = sharding.shard_batch(self.mesh)
         self.compiler_options = compiler_options(config.model)
