@@ -303,7 +303,7 @@ def format_table(report: Report) -> str:
         speed = {r.method: r.images_per_s for r in report.results if r.method in LOOPS}
         slower = min(speed, key=speed.get)
         lines += ["", f"faster epoch strategy on {report.backend}: {report.faster_loop}, "
-                      f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower} "
+                      f"{speed[report.faster_loop] / speed[slower]:.2f}x {slower}"
                       + (f" (train.loop=auto picks {report.auto_loop})" if report.auto_loop else "")]
     return "\n".join(lines)
 

@@ -203,3 +203,28 @@ def test_lenet_compiles_without_ynnpack_on_the_cpu_path_only():
     evaluate = make_eval_fn(graphdef, lambda x: x.astype(jnp.float32) / 255, 10,
                             compiler_options=compiler_options(auto.model))
     assert "__ynn_fusion" not in evaluate.lower(state, images, labels, np.ones(40, bool)).compile().as_text()
+
+
+def test_the_scanned_epoch_runs_every_convolution_in_eigens_form():
+    """Inside the scanned epoch's while loop XLA CPU left its own gradients with reversed or permuted dimension
+    labels (`f01b_i01o->01bf`, `b01f_01oi->b01f`) and ran them as generic loop nests (LeNet's epoch 7× and the
+    pooling CNN's 30× slower than the step loop). With `model.conv=auto` every convolution of the compiled epoch
+    is NHWC × HWIO -> NHWC, the form XLA hands to Eigen; `train.loop=auto` then takes the scan on the CPU, and
+    the Python loop for `model.conv=xla`."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40).astype(np.int32)
+    lenet, pooling = config_module("lenet"), config_module("pooling")
+    # LeNet: conv2's forward and both kernel gradients (conv1's forward is the shifted adds, conv2's input
+    # gradient col2im; conv3's extra 16->16 layer adds its forward and kernel gradient); the pooling CNN: 2 forward, 2 kernel, 1 input
+    for config, shape, count in ((lenet.get_config("3,batch_size=10"), (28, 28, 1), 3),
+                                 (lenet.get_config("conv3,batch_size=10"), (28, 28, 1), 5),
+                                 (pooling.get_config("stride,batch_size=10"), (32, 32, 3), 5),
+                                 (pooling.get_config("max,batch_size=10"), (32, 32, 3), 5)):
+        trainer = Trainer(config, images[..., :shape[-1]][:, :shape[0], :shape[1]], labels, 3)
+        assert trainer.loop == "scan", config.model
+        labels_ = re.findall(r"convolution\(.*?dim_labels=([^,\s]+)", trainer._train_fn.as_text())
+        assert len(labels_) == count, (config.model, labels_)
+        assert set(labels_) == {"b01f_01io->b01f"}, (config.model, labels_)
+    xla = lenet.get_config("3,batch_size=10,model.conv=xla")
+    assert Trainer(xla, images[:, :28, :28, :1], labels, 3).loop == "python"
