@@ -31,7 +31,7 @@ Objective = Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], tuple[jax.Ar
 def resolve_loop(loop: str, model: ml_collections.ConfigDict) -> str:
     """`auto` -> `scan` on GPU/TPU, where it removes per-step dispatch (measured 2.9-4.1× faster on an H100), and
     on the CPU for models whose convolutions take `jaxcnn.models.conv`'s CPU path (`model.conv`: LeNet-5, the
-    pooling CNN), whose gradients run as fast in the scan's while loop as in a step (measured 6-8 % faster than
+    pooling CNN), whose gradients run as fast in the scan's while loop as in a step (measured 3-19 % faster than
     the Python loop, see README); `python` on the CPU for the others, whose gradients XLA runs as generic loop
     nests inside a while loop (e.g. the pooling CNN with `model.conv=xla`: 30× slower)."""
     if loop != "auto":
