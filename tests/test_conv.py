@@ -23,9 +23,9 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 PADDINGS = ("VALID", "SAME", ((2, 2), (2, 2)), ((1, 2), (0, 1)))
 
 
-def both(conv, x, w, padding, cotangent):
+def both(conv, x, w, padding, cotangent, strides=(1, 1)):
     """Output, input gradient, weight gradient of `conv` at (x, w)."""
-    y, vjp = jax.vjp(lambda a, b: conv(a, b, (1, 1), padding, dimension_numbers=NHWC), x, w)
+    y, vjp = jax.vjp(lambda a, b: conv(a, b, strides, padding, dimension_numbers=NHWC), x, w)
     return (y, *vjp(cotangent))
 
 
@@ -80,15 +80,12 @@ def test_strided_and_wide_convolutions_gradients_equal_xla(c_in, c_out, k, strid
         x = jnp.asarray(rng.standard_normal((n, h, w_, c_in)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
 
-        def both(conv, x, w, ct):
-            y, vjp = jax.vjp(lambda a, b: conv(a, b, strides, padding, dimension_numbers=NHWC), x, w)
-            return (y, *vjp(ct))
-
         shape = jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, strides, padding,
                                                                      dimension_numbers=NHWC), x, w).shape
         cotangent = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-        expected = both(lax.conv_general_dilated, x, w, cotangent)
-        for fn in (lambda *a: both(conv, *a), in_scan(lambda *a: both(conv, *a))):
+        expected = both(lax.conv_general_dilated, x, w, padding, cotangent, strides)
+        fn = lambda a, b, ct: both(conv, a, b, padding, ct, strides)
+        for fn in (fn, in_scan(fn)):
             got = jax.jit(fn)(x, w, cotangent)
             for name, g, e in zip(("output", "input gradient", "weight gradient"), got, expected):
                 assert g.shape == e.shape and g.dtype == e.dtype
@@ -216,7 +213,8 @@ def test_the_scanned_epoch_runs_every_convolution_in_eigens_form():
     labels = rng.integers(0, 3, 40).astype(np.int32)
     lenet, pooling = config_module("lenet"), config_module("pooling")
     # LeNet: conv2's forward and both kernel gradients (conv1's forward is the shifted adds, conv2's input
-    # gradient col2im; conv3's extra 16->16 layer adds its forward and kernel gradient); the pooling CNN: 2 forward, 2 kernel, 1 input
+    # gradient col2im; conv3's extra 16->16 layer adds its forward and kernel gradient); the pooling CNN:
+    # 2 forward, 2 kernel, 1 input gradient
     for config, shape, count in ((lenet.get_config("3,batch_size=10"), (28, 28, 1), 3),
                                  (lenet.get_config("conv3,batch_size=10"), (28, 28, 1), 5),
                                  (pooling.get_config("stride,batch_size=10"), (32, 32, 3), 5),

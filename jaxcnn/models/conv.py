@@ -122,14 +122,14 @@ def _input_grad(dy: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[
 
 # The two gradients in the form XLA's CPU backend hands to Eigen (NHWC input, HWIO kernel, no reversal): see above.
 def _eigen_input_grad(dy: jax.Array, w: jax.Array, x_shape, strides: tuple[int, int], pads) -> jax.Array:
-    """The input gradient: the output gradient, dilated by the strides, convolved with the flipped kernel with its
-    in/out axes swapped."""
+    """The input gradient: `lax.conv_transpose` of the output gradient (dilated by the strides, convolved with the
+    flipped kernel, its in/out axes swapped in memory rather than in the dimension labels)."""
     kh, kw = w.shape[:2]
     # input rows that no output reads (stride > 1) are padded back on at the end
     unread = [(n + lo + hi - k) % s for n, (lo, hi), k, s in zip(x_shape[1:3], pads, (kh, kw), strides)]
-    return lax.conv_general_dilated(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), (1, 1),
-                                    [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in zip((kh, kw), pads, unread)],
-                                    lhs_dilation=strides, dimension_numbers=_NHWC)
+    return lax.conv_transpose(dy, w, strides, [(k - 1 - lo, k - 1 - hi + u) for k, (lo, hi), u in
+                                               zip((kh, kw), pads, unread)],
+                              dimension_numbers=_NHWC, transpose_kernel=True)
 
 
 def _eigen_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape, strides: tuple[int, int], pads) -> jax.Array:
